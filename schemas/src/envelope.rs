@@ -1,0 +1,282 @@
+//! CloudEvents 1.0 attributes and the structured JSON format. The AMQP binary
+//! mode's header mapping lives with the broker code of whoever reads AMQP; both
+//! modes end in [`CloudEvent::from_attributes`]'s checks.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::error::{InvalidEvent, InvalidKind};
+use crate::keys::BASE64URL_LENIENT;
+
+pub const SPEC_VERSION: &str = "1.0";
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// One CloudEvent: the context attributes pushq reads, plus any extensions
+/// (kept so that a dead letter or a replay loses nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudEvent {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub time: Option<DateTime<Utc>>,
+    pub subject: Option<String>,
+    pub datacontenttype: Option<String>,
+    /// W3C trace context (CloudEvents distributed tracing extension).
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub data: Option<Value>,
+}
+
+impl CloudEvent {
+    /// A new event with a fresh time-ordered id and the current time.
+    pub fn new(event_type: &str, source: &str, data: Value) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: source.to_owned(),
+            event_type: event_type.to_owned(),
+            time: Some(Utc::now()),
+            subject: None,
+            datacontenttype: Some(JSON_CONTENT_TYPE.to_owned()),
+            traceparent: None,
+            tracestate: None,
+            data: Some(data),
+        }
+    }
+
+    /// The structured JSON format (`application/cloudevents+json`).
+    pub fn to_structured_json(&self) -> Vec<u8> {
+        let mut object = Map::new();
+        object.insert("specversion".into(), SPEC_VERSION.into());
+        object.insert("id".into(), self.id.clone().into());
+        object.insert("source".into(), self.source.clone().into());
+        object.insert("type".into(), self.event_type.clone().into());
+        let optional = [
+            (
+                "time",
+                self.time
+                    .map(|time| time.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            ),
+            ("subject", self.subject.clone()),
+            ("datacontenttype", self.datacontenttype.clone()),
+            ("traceparent", self.traceparent.clone()),
+            ("tracestate", self.tracestate.clone()),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                object.insert(name.into(), value.into());
+            }
+        }
+        if let Some(data) = &self.data {
+            object.insert("data".into(), data.clone());
+        }
+        serde_json::to_vec(&Value::Object(object)).unwrap_or_default()
+    }
+
+    /// Parses the structured JSON format.
+    pub fn from_structured(body: &[u8]) -> Result<Self, InvalidEvent> {
+        let value: Value = serde_json::from_slice(body).map_err(|err| {
+            InvalidEvent::new(
+                InvalidKind::InvalidJson,
+                format!("the structured event is not valid JSON: {err}"),
+            )
+        })?;
+        let Value::Object(mut object) = value else {
+            return Err(InvalidEvent::new(
+                InvalidKind::NotCloudEvent,
+                "a structured CloudEvent must be a JSON object",
+            ));
+        };
+        let data = match (object.remove("data"), object.remove("data_base64")) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidEvent::new(
+                    InvalidKind::NotCloudEvent,
+                    "a CloudEvent carries `data` or `data_base64`, not both",
+                ));
+            }
+            (Some(data), None) => Some(data),
+            (None, Some(encoded)) => {
+                let bytes = encoded
+                    .as_str()
+                    .and_then(|text| decode_standard_or_url_base64(text))
+                    .ok_or_else(|| {
+                        InvalidEvent::new(InvalidKind::InvalidData, "data_base64 is not base64")
+                    })?;
+                Some(parse_json_data(&bytes)?)
+            }
+            (None, None) => None,
+        };
+        let mut attributes = BTreeMap::new();
+        for (name, value) in object {
+            let text = match value {
+                Value::String(text) => text,
+                Value::Null => continue,
+                other => other.to_string(),
+            };
+            attributes.insert(name, text);
+        }
+        Self::from_attributes(attributes, data)
+    }
+
+    /// Checks the context attributes of either content mode. `data` is already
+    /// decoded.
+    pub fn from_attributes(
+        mut attributes: BTreeMap<String, String>,
+        data: Option<Value>,
+    ) -> Result<Self, InvalidEvent> {
+        let specversion = attributes.remove("specversion").ok_or_else(|| {
+            InvalidEvent::new(
+                InvalidKind::MissingAttribute,
+                "the required attribute `specversion` is missing",
+            )
+        })?;
+        if specversion != SPEC_VERSION {
+            return Err(InvalidEvent::new(
+                InvalidKind::BadSpecversion,
+                format!("specversion is {specversion:?}; pushq reads CloudEvents \"1.0\""),
+            ));
+        }
+        let mut required = |name: &str| {
+            attributes
+                .remove(name)
+                .filter(|value| !value.is_empty())
+                .ok_or_else(|| {
+                    InvalidEvent::new(
+                        InvalidKind::MissingAttribute,
+                        format!("the required attribute `{name}` is missing or empty"),
+                    )
+                })
+        };
+        let id = required("id")?;
+        let source = required("source")?;
+        let event_type = required("type")?;
+        let time = attributes
+            .remove("time")
+            .map(|time| {
+                DateTime::parse_from_rfc3339(&time)
+                    .map(|time| time.with_timezone(&Utc))
+                    .map_err(|_| {
+                        InvalidEvent::data(format!(
+                            "attribute `time` {time:?} is not an RFC 3339 timestamp"
+                        ))
+                    })
+            })
+            .transpose()?;
+        Ok(Self {
+            id,
+            source,
+            event_type,
+            time,
+            subject: attributes.remove("subject"),
+            datacontenttype: attributes.remove("datacontenttype"),
+            traceparent: attributes.remove("traceparent"),
+            tracestate: attributes.remove("tracestate"),
+            data,
+        })
+    }
+}
+
+/// Whether a media type (parameters allowed) is JSON: `application/json` or
+/// any `+json` suffix.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = media_type_essence(content_type);
+    essence == JSON_CONTENT_TYPE || essence.ends_with("+json")
+}
+
+/// `Application/CloudEvents+JSON; charset=utf-8` → `application/cloudevents+json`.
+pub fn media_type_essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Binary-mode data: the message body, JSON.
+pub fn parse_json_data(body: &[u8]) -> Result<Value, InvalidEvent> {
+    serde_json::from_slice(body).map_err(|err| {
+        InvalidEvent::new(
+            InvalidKind::InvalidJson,
+            format!("the event data is not valid JSON: {err}"),
+        )
+    })
+}
+
+fn decode_standard_or_url_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .or_else(|| BASE64URL_LENIENT.decode(text).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn structured_round_trip_keeps_every_attribute() {
+        let mut event = CloudEvent::new("pushq.notification.send", "/svc/a", json!({"x": 1}));
+        event.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        event.tracestate = Some("congo=t61rcWkgMzE".into());
+        event.subject = Some("s".into());
+        let parsed = CloudEvent::from_structured(&event.to_structured_json()).expect("parses");
+        assert_eq!(parsed.id, event.id);
+        assert_eq!(parsed.traceparent, event.traceparent);
+        assert_eq!(parsed.tracestate, event.tracestate);
+        assert_eq!(parsed.data, event.data);
+        assert_eq!(
+            parsed.time.map(|t| t.timestamp_micros()),
+            event.time.map(|t| t.timestamp_micros())
+        );
+    }
+
+    #[test]
+    fn each_attribute_fault_has_its_kind() {
+        let kind = |body: &str| {
+            CloudEvent::from_structured(body.as_bytes())
+                .expect_err("must fail")
+                .kind
+        };
+        assert_eq!(kind("{not json"), InvalidKind::InvalidJson);
+        assert_eq!(kind("[1]"), InvalidKind::NotCloudEvent);
+        assert_eq!(
+            kind(r#"{"id":"1","source":"s","type":"t"}"#),
+            InvalidKind::MissingAttribute
+        );
+        assert_eq!(
+            kind(r#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#),
+            InvalidKind::BadSpecversion
+        );
+        assert_eq!(
+            kind(r#"{"specversion":"1.0","id":"","source":"s","type":"t"}"#),
+            InvalidKind::MissingAttribute
+        );
+        assert_eq!(
+            kind(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","time":"yesterday"}"#),
+            InvalidKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn data_base64_is_decoded() {
+        let body = r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"eyJhIjoxfQ=="}"#;
+        let event = CloudEvent::from_structured(body.as_bytes()).expect("parses");
+        assert_eq!(event.data, Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn media_types_are_compared_by_essence() {
+        assert!(is_json_media_type("application/json; charset=utf-8"));
+        assert!(is_json_media_type("Application/Vnd.Acme+JSON"));
+        assert!(!is_json_media_type("text/plain"));
+        assert_eq!(
+            media_type_essence("Application/CloudEvents+JSON; charset=utf-8"),
+            STRUCTURED_CONTENT_TYPE
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The CloudEvent `type` values of the contract; each is also the routing key.
+
+pub const SUBSCRIPTION_REGISTER: &str = "pushq.subscription.register";
+pub const SUBSCRIPTION_UNREGISTER: &str = "pushq.subscription.unregister";
+pub const NOTIFICATION_SEND: &str = "pushq.notification.send";
+
+/// Binding key of the jobs queue on the producer exchange.
+pub const NOTIFICATION_BINDING: &str = "pushq.notification.*";
+/// Binding key of the subscriptions queue on the producer exchange.
+pub const SUBSCRIPTION_BINDING: &str = "pushq.subscription.*";
