@@ -85,19 +85,43 @@ impl ResultReason {
 }
 
 /// The data of every result event. Never the payload, never the full endpoint.
+/// Null fields are required to be present, as the schema says, so consumers can
+/// tell "none" from "an older producer".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryResult {
     /// The `id` of the `pushq.notification.send` event.
     pub notification: String,
     /// The stored subscription's id; null for a one-off subscription.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub subscription: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub user: Option<String>,
     /// The endpoint's origin, e.g. `https://fcm.googleapis.com`.
     pub push_service: String,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub status: Option<u16>,
     /// 1-based.
     pub attempt: u32,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub reason: Option<ResultReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
+}
+
+impl DeliveryResult {
+    /// The rules of `pushq.delivery.result.schema.json` that serde does not check.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.notification.is_empty() {
+            return Err("notification must not be empty".into());
+        }
+        if self.attempt == 0 {
+            return Err("attempt is 1-based".into());
+        }
+        if let Some(status) = self.status
+            && !(100..=599).contains(&status)
+        {
+            return Err(format!("status {status} is not an HTTP status"));
+        }
+        Ok(())
+    }
 }
