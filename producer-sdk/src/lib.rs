@@ -1,1 +1,211 @@
-//! placeholder
+//! `pushq-producer`: how a service hands notifications and subscriptions to
+//! pushq. Every event is validated with the same rules as the worker before it
+//! leaves the process, published persistent and `mandatory` in the CloudEvents
+//! structured mode, and only reported sent once the broker has confirmed it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pushq_producer::PublishError> {
+//! use pushq_producer::{Producer, NotificationSend, Target};
+//! let producer = Producer::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default(), "/billing").await?;
+//! let mut send = NotificationSend::new(Target::User("user-42".into()), Some(serde_json::json!({"title": "Paid"})));
+//! send.ttl = 3600;
+//! producer.send(&send).await?;
+//! # Ok(()) }
+//! ```
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::Confirmation;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use pushq_schemas::data::ProducerEvent;
+use pushq_schemas::event_types;
+pub use pushq_schemas::{
+    CloudEvent, InvalidEvent, InvalidKind, NotificationSend, PushSubscription, SubscriptionKeys,
+    SubscriptionRegister, SubscriptionUnregister, Target, Topology, Urgency,
+};
+
+/// Why an event was not published. Only `Broker` is worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event breaks the contract; nothing was sent.
+    #[error("invalid {event_type} event: {source}")]
+    Invalid {
+        event_type: &'static str,
+        #[source]
+        source: InvalidEvent,
+    },
+    #[error("the broker connection failed while {action}")]
+    Broker {
+        action: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused to take responsibility for the message.
+    #[error("the broker refused (nacked) the event {event_id}")]
+    Nacked { event_id: String },
+    /// No queue is bound for this event type: is the worker's topology declared?
+    #[error(
+        "no queue is bound for routing key {routing_key} on exchange {exchange}: start a pushq worker with the same topology prefix first"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl PublishError {
+    /// Whether publishing the same event again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Broker { .. } | Self::Nacked { .. })
+    }
+}
+
+/// A confirmed publisher for one topology. Cheap to share behind an `Arc`;
+/// concurrent calls pipeline on one channel.
+#[derive(Debug)]
+pub struct Producer {
+    connection: Connection,
+    channel: Channel,
+    topology: Topology,
+    source: String,
+}
+
+impl Producer {
+    /// `source` names the publishing service in every event (a URI-reference,
+    /// e.g. `/billing`).
+    pub async fn connect(
+        amqp_url: &str,
+        topology: Topology,
+        source: impl Into<String>,
+    ) -> Result<Self, PublishError> {
+        let broker = |action| move |source| PublishError::Broker { action, source };
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .map_err(broker("connecting"))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker("enabling publisher confirms"))?;
+        // Declared here too so that a producer started before any worker finds
+        // its exchange; the arguments match the worker's, so either may go first.
+        channel
+            .exchange_declare(
+                topology.exchange().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("declaring the exchange"))?;
+        Ok(Self {
+            connection,
+            channel,
+            topology,
+            source: source.into(),
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Registers (upserts by endpoint) a browser's subscription. Returns the event id.
+    pub async fn register(&self, data: &SubscriptionRegister) -> Result<String, PublishError> {
+        self.publish_data(event_types::SUBSCRIPTION_REGISTER, data)
+            .await
+    }
+
+    pub async fn unregister(&self, data: &SubscriptionUnregister) -> Result<String, PublishError> {
+        self.publish_data(event_types::SUBSCRIPTION_UNREGISTER, data)
+            .await
+    }
+
+    /// Sends a notification. Returns the event id, which result events name.
+    pub async fn send(&self, data: &NotificationSend) -> Result<String, PublishError> {
+        self.publish_data(event_types::NOTIFICATION_SEND, data).await
+    }
+
+    async fn publish_data(
+        &self,
+        event_type: &'static str,
+        data: &impl serde::Serialize,
+    ) -> Result<String, PublishError> {
+        let data = serde_json::to_value(data).map_err(|err| PublishError::Invalid {
+            event_type,
+            source: InvalidEvent::data(err.to_string()),
+        })?;
+        let event = CloudEvent::new(event_type, &self.source, data);
+        let id = event.id.clone();
+        self.publish(event).await?;
+        Ok(id)
+    }
+
+    /// Publishes a prepared event (own id, time or trace context) after the
+    /// same validation as the typed methods.
+    pub async fn publish(&self, event: CloudEvent) -> Result<(), PublishError> {
+        let event_type = match ProducerEvent::parse(&event.event_type, event.data.as_ref()) {
+            Ok(parsed) => parsed.event_type(),
+            Err(source) => {
+                return Err(PublishError::Invalid {
+                    event_type: "pushq",
+                    source,
+                });
+            }
+        };
+        let properties = BasicProperties::default()
+            .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into())
+            .with_delivery_mode(2)
+            .with_message_id(event.id.clone().into())
+            .with_timestamp(chrono::Utc::now().timestamp().try_into().unwrap_or_default());
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.topology.exchange().into(),
+                event_type.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &event.to_structured_json(),
+                properties,
+            )
+            .await
+            .map_err(|source| PublishError::Broker {
+                action: "publishing",
+                source,
+            })?
+            .await
+            .map_err(|source| PublishError::Broker {
+                action: "awaiting the publisher confirm",
+                source,
+            })?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+                exchange: self.topology.exchange(),
+                routing_key: event_type.to_owned(),
+            }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                Err(PublishError::Nacked { event_id: event.id })
+            }
+        }
+    }
+
+    /// Closes the connection after every confirm has arrived.
+    pub async fn close(self) -> Result<(), PublishError> {
+        self.connection
+            .close(200, "producer closed".into())
+            .await
+            .map_err(|source| PublishError::Broker {
+                action: "closing",
+                source,
+            })
+    }
+}

@@ -1,1 +1,4 @@
-//! placeholder
+//! The pushq worker: consumes notification jobs and subscription events from
+//! RabbitMQ, delivers Web Push messages and records every outcome.
+
+pub mod push;

@@ -1,0 +1,126 @@
+//! What a push service's answer means for the delivery (DESIGN §4). Pure
+//! functions, so the whole table is unit-tested without a network.
+
+use std::time::{Duration, SystemTime};
+
+use pushq_schemas::ResultReason;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 201/202: the push service took it.
+    Delivered,
+    /// 404/410: the subscription no longer exists; delete it, never retry.
+    Gone,
+    /// Will not get better by retrying.
+    Failed(ResultReason),
+    /// Transient; `after` is the push service's own Retry-After, if any.
+    Retry {
+        reason: ResultReason,
+        after: Option<Duration>,
+    },
+}
+
+/// Classifies an HTTP answer. `retry_after` is the raw header value.
+pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
+    let after = retry_after.and_then(|value| parse_retry_after(value, now));
+    match status {
+        201 | 202 => Verdict::Delivered,
+        404 | 410 => Verdict::Gone,
+        400 => Verdict::Failed(ResultReason::BadRequest),
+        401 => Verdict::Failed(ResultReason::Unauthorized),
+        403 => Verdict::Failed(ResultReason::Forbidden),
+        413 => Verdict::Failed(ResultReason::PayloadTooLarge),
+        429 => Verdict::Retry {
+            reason: ResultReason::Throttled,
+            after,
+        },
+        // WNS answers 406 "Not Acceptable" when a channel is throttled.
+        406 if after.is_some() => Verdict::Retry {
+            reason: ResultReason::Throttled,
+            after,
+        },
+        500..=599 => Verdict::Retry {
+            reason: ResultReason::ServerError,
+            after,
+        },
+        _ => Verdict::Failed(ResultReason::UnexpectedStatus),
+    }
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date in
+/// the past means "now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let date = SystemTime::from(date.with_timezone(&chrono::Utc));
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(status: u16) -> Verdict {
+        classify_status(status, None, SystemTime::now())
+    }
+
+    #[test]
+    fn every_row_of_the_delivery_rules() {
+        assert_eq!(verdict(201), Verdict::Delivered);
+        assert_eq!(verdict(202), Verdict::Delivered);
+        assert_eq!(verdict(404), Verdict::Gone);
+        assert_eq!(verdict(410), Verdict::Gone);
+        assert_eq!(verdict(400), Verdict::Failed(ResultReason::BadRequest));
+        assert_eq!(verdict(401), Verdict::Failed(ResultReason::Unauthorized));
+        assert_eq!(verdict(403), Verdict::Failed(ResultReason::Forbidden));
+        assert_eq!(verdict(413), Verdict::Failed(ResultReason::PayloadTooLarge));
+        assert_eq!(
+            verdict(429),
+            Verdict::Retry {
+                reason: ResultReason::Throttled,
+                after: None
+            }
+        );
+        for status in [500, 502, 503, 504] {
+            assert!(matches!(
+                verdict(status),
+                Verdict::Retry {
+                    reason: ResultReason::ServerError,
+                    ..
+                }
+            ));
+        }
+        for status in [200, 204, 301, 302, 307, 406, 418] {
+            assert_eq!(
+                verdict(status),
+                Verdict::Failed(ResultReason::UnexpectedStatus),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(0))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            classify_status(406, Some("30"), now),
+            Verdict::Retry {
+                reason: ResultReason::Throttled,
+                after: Some(Duration::from_secs(30))
+            }
+        );
+    }
+}

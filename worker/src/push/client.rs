@@ -1,0 +1,182 @@
+//! One shared HTTP client that encrypts, signs and POSTs a push message
+//! (RFC 8030 §5), knowing nothing of queues or storage.
+
+use std::time::Duration;
+
+use pushq_schemas::Urgency;
+use pushq_schemas::keys::{decode_auth, decode_p256dh};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use ring::rand::SystemRandom;
+
+use super::ece::{self, EncryptError, UserAgentKeys};
+use super::endpoint_policy::{EndpointPolicy, Refusal};
+use super::vapid::VapidSigner;
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What to send to one subscription.
+#[derive(Debug, Clone, Copy)]
+pub struct PushMessage<'a> {
+    pub endpoint: &'a str,
+    pub p256dh: &'a str,
+    pub auth: &'a str,
+    pub payload: &'a [u8],
+    pub ttl_seconds: u32,
+    pub urgency: Urgency,
+    pub topic: Option<&'a str>,
+}
+
+/// The push service's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushResponse {
+    pub status: u16,
+    pub retry_after: Option<String>,
+}
+
+/// Why no answer was had. `is_transient` tells what a retry may fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("could not encrypt for this subscription: {0}")]
+    Encrypt(#[from] EncryptError),
+    #[error("invalid subscription keys: {0}")]
+    Keys(String),
+    #[error("could not sign the VAPID token")]
+    Vapid,
+    #[error("the push service did not answer in time")]
+    Timeout,
+    #[error("could not connect to the push service")]
+    Connect(#[source] reqwest::Error),
+    #[error("the request to the push service failed")]
+    Request(#[source] reqwest::Error),
+}
+
+impl DeliveryError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Timeout | Self::Connect(_) | Self::Request(_))
+    }
+}
+
+#[derive(Debug)]
+pub struct PushClient {
+    http: reqwest::Client,
+    rng: SystemRandom,
+    vapid: VapidSigner,
+    policy: EndpointPolicy,
+}
+
+/// rustls needs one process-wide crypto provider before any client is built;
+/// ring is already in the tree for the Web Push crypto.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl PushClient {
+    pub fn new(
+        vapid: VapidSigner,
+        policy: EndpointPolicy,
+        settings: &HttpSettings,
+    ) -> Result<Self, reqwest::Error> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            // A push service never redirects; following one would bypass the endpoint policy.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("pushq/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            rng: SystemRandom::new(),
+            vapid,
+            policy,
+        })
+    }
+
+    pub fn policy(&self) -> &EndpointPolicy {
+        &self.policy
+    }
+
+    pub fn vapid_public_key(&self) -> &str {
+        self.vapid.public_key()
+    }
+
+    /// Encrypts (when there is a payload), signs and POSTs one message.
+    pub async fn deliver(&self, message: PushMessage<'_>) -> Result<PushResponse, DeliveryError> {
+        let url = self
+            .policy
+            .check(message.endpoint)
+            .map_err(DeliveryError::Refused)?;
+        let origin = url.origin().ascii_serialization();
+        let authorization = self
+            .vapid
+            .authorization(&origin)
+            .map_err(|_| DeliveryError::Vapid)?;
+        let mut request = self
+            .http
+            .post(url)
+            .header("TTL", message.ttl_seconds)
+            .header("Urgency", message.urgency.as_header())
+            .header(
+                AUTHORIZATION,
+                HeaderValue::from_str(&authorization).map_err(|_| DeliveryError::Vapid)?,
+            );
+        if let Some(topic) = message.topic {
+            request = request.header("Topic", topic);
+        }
+        // RFC 8030 §5: a push without a payload carries no body and no coding.
+        if !message.payload.is_empty() {
+            let p256dh = decode_p256dh(message.p256dh).map_err(DeliveryError::Keys)?;
+            let auth = decode_auth(message.auth).map_err(DeliveryError::Keys)?;
+            let body = ece::encrypt(
+                &self.rng,
+                UserAgentKeys {
+                    p256dh: &p256dh,
+                    auth: &auth,
+                },
+                message.payload,
+            )?;
+            request = request
+                .header(CONTENT_ENCODING, "aes128gcm")
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|err| {
+            if err.is_timeout() {
+                DeliveryError::Timeout
+            } else if err.is_connect() {
+                DeliveryError::Connect(err)
+            } else {
+                DeliveryError::Request(err)
+            }
+        })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        // The body is never read: dropping the response discards at most what
+        // is already buffered, so a hostile service cannot make us hold megabytes.
+        drop(response);
+        Ok(PushResponse {
+            status,
+            retry_after,
+        })
+    }
+}

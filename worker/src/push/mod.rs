@@ -1,0 +1,13 @@
+//! Delivery to a push service: encryption, VAPID, endpoint policy, the HTTP
+//! client and what its answers mean. Knows nothing of AMQP or SQL.
+
+pub mod classify;
+pub mod client;
+pub mod ece;
+pub mod endpoint_policy;
+pub mod vapid;
+
+pub use classify::{Verdict, classify_status};
+pub use client::{DeliveryError, HttpSettings, PushClient, PushMessage, PushResponse};
+pub use endpoint_policy::EndpointPolicy;
+pub use vapid::{VapidPrivateKey, VapidSigner};
