@@ -2,3 +2,4 @@
 //! RabbitMQ, delivers Web Push messages and records every outcome.
 
 pub mod push;
+pub mod store;

@@ -1,0 +1,173 @@
+//! Stored browser subscriptions.
+
+use chrono::{DateTime, Utc};
+use pushq_schemas::SubscriptionRegister;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{StoreError, db_error};
+
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredSubscription {
+    pub id: Uuid,
+    pub user_id: String,
+    pub endpoint: String,
+    pub p256dh: String,
+    pub auth: String,
+    pub tags: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Endpoints and keys stay out of logs: only the id, user and origin show.
+impl std::fmt::Debug for StoredSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSubscription")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("origin", &pushq_schemas::data::endpoint_origin(&self.endpoint))
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "id, user_id, endpoint, p256dh, auth, tags, expires_at";
+
+fn expiration(register: &SubscriptionRegister) -> Option<DateTime<Utc>> {
+    register
+        .subscription
+        .expiration_time
+        .and_then(|ms| DateTime::from_timestamp_millis(ms as i64))
+}
+
+/// Upserts by endpoint; returns the subscription's id (kept across updates).
+pub async fn upsert(pool: &PgPool, register: &SubscriptionRegister) -> Result<Uuid, StoreError> {
+    let mut tags = register.tags.clone();
+    tags.sort();
+    tags.dedup();
+    sqlx::query_scalar(
+        "INSERT INTO subscriptions (id, user_id, endpoint, p256dh, auth, tags, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (endpoint) DO UPDATE SET
+             user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth,
+             tags = EXCLUDED.tags, expires_at = EXCLUDED.expires_at,
+             consecutive_failures = 0, updated_at = now()
+         RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&register.user)
+    .bind(&register.subscription.endpoint)
+    .bind(&register.subscription.keys.p256dh)
+    .bind(&register.subscription.keys.auth)
+    .bind(&tags)
+    .bind(expiration(register))
+    .fetch_one(pool)
+    .await
+    .map_err(db_error("storing a subscription"))
+}
+
+pub async fn delete_by_endpoint(pool: &PgPool, endpoint: &str) -> Result<u64, StoreError> {
+    sqlx::query("DELETE FROM subscriptions WHERE endpoint = $1")
+        .bind(endpoint)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db_error("deleting a subscription"))
+}
+
+pub async fn delete_by_user(pool: &PgPool, user: &str) -> Result<u64, StoreError> {
+    sqlx::query("DELETE FROM subscriptions WHERE user_id = $1")
+        .bind(user)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db_error("deleting a user's subscriptions"))
+}
+
+pub async fn delete_by_id(pool: &PgPool, id: Uuid) -> Result<u64, StoreError> {
+    sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db_error("deleting a gone subscription"))
+}
+
+/// Live (unexpired) subscriptions of a user.
+pub async fn find_by_user(pool: &PgPool, user: &str) -> Result<Vec<StoredSubscription>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions
+         WHERE user_id = $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
+    )))
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error("looking up a user's subscriptions"))
+}
+
+pub async fn find_by_tag(pool: &PgPool, tag: &str) -> Result<Vec<StoredSubscription>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions
+         WHERE tags @> ARRAY[$1] AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
+    )))
+    .bind(tag)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error("looking up a tag's subscriptions"))
+}
+
+pub async fn find_by_endpoint(
+    pool: &PgPool,
+    endpoint: &str,
+) -> Result<Option<StoredSubscription>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions
+         WHERE endpoint = $1 AND (expires_at IS NULL OR expires_at > now())"
+    )))
+    .bind(endpoint)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_error("looking up a subscription by endpoint"))
+}
+
+pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+        .fetch_one(pool)
+        .await
+        .map_err(db_error("counting subscriptions"))
+}
+
+/// A page of all subscriptions by id, for operators' listings.
+pub async fn list(
+    pool: &PgPool,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<StoredSubscription>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error("listing subscriptions"))
+}
+
+pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE subscriptions SET last_success_at = now(), consecutive_failures = 0 WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(drop)
+    .map_err(db_error("recording a success"))
+}
+
+pub async fn record_failure(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(db_error("recording a failure"))
+}
