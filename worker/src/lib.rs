@@ -1,5 +1,8 @@
 //! The pushq worker: consumes notification jobs and subscription events from
 //! RabbitMQ, delivers Web Push messages and records every outcome.
 
+pub mod config;
 pub mod push;
 pub mod store;
+pub mod broker;
+pub mod pipeline;

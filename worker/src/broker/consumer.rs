@@ -1,0 +1,123 @@
+//! Consumes one queue and settles each message. This is the one place where a
+//! message is acked, dead-lettered or handed back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::publisher::Publisher;
+use super::{BrokerError, amqp_error};
+use crate::pipeline::{Outcome, Pipeline};
+
+/// Opens a channel with `prefetch` unacked messages and starts consuming.
+pub async fn open(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+    consumer_tag: &str,
+) -> Result<(Channel, lapin::Consumer), BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp_error("opening a consuming channel"))?;
+    // Prefetch is the replica's concurrency bound and its redelivery exposure:
+    // after a crash at most this many messages per queue come back.
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(amqp_error("setting the prefetch"))?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_error("starting a consumer"))?;
+    Ok((channel, consumer))
+}
+
+/// Runs until `stop` is cancelled (then cancels the consumer and returns Ok)
+/// or the broker ends the consumer (an error: the caller reconnects). Each
+/// message is handled in its own task on `tracker`.
+pub async fn run(
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+    queue: String,
+    pipeline: Arc<Pipeline>,
+    publisher: Publisher,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), BrokerError> {
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                let tag = consumer.tag();
+                if let Err(err) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+                    tracing::warn!(queue, error = %err, "cancelling the consumer failed");
+                }
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let pipeline = pipeline.clone();
+                    let publisher = publisher.clone();
+                    let stop = stop.clone();
+                    tracker.spawn(async move {
+                        let outcome = pipeline.handle(&delivery.properties, &delivery.data).await;
+                        settle(&delivery, outcome, &publisher, &stop).await;
+                    });
+                }
+                Some(Err(source)) => return Err(BrokerError::Amqp { action: "consuming", source }),
+                None => return Err(BrokerError::ConsumerClosed { queue }),
+            }
+        }
+    }
+}
+
+/// Acks only once the outcome is durable. A failure to ack or to dead-letter
+/// leaves the message unacked, so the broker redelivers it: nothing is lost.
+async fn settle(delivery: &Delivery, outcome: Outcome, publisher: &Publisher, stop: &CancellationToken) {
+    let settled = match outcome {
+        Outcome::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        Outcome::DeadLetter(reason) => {
+            tracing::warn!(kind = %reason.kind, error = %reason.message, "dead-lettering an event");
+            match publisher.dead_letter(&delivery.properties, &delivery.data, &reason).await {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not dead-letter; handing the message back");
+                    requeue(delivery, Duration::from_secs(1), stop).await
+                }
+            }
+        }
+        Outcome::Requeue { after } => requeue(delivery, after, stop).await,
+    };
+    if let Err(err) = settled {
+        tracing::warn!(error = %err, "could not settle a message; the broker will redeliver it");
+    }
+}
+
+/// Hands a message back after a pause, so a failing dependency is not hammered
+/// in a tight loop; on shutdown it is handed back at once.
+async fn requeue(delivery: &Delivery, after: Duration, stop: &CancellationToken) -> lapin::Result<()> {
+    tokio::select! {
+        () = tokio::time::sleep(after) => {}
+        () = stop.cancelled() => {}
+    }
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .map(drop)
+}

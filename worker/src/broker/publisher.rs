@@ -1,0 +1,103 @@
+//! Confirmed publishing on a channel of its own: a message counts as handed
+//! over only once the broker has confirmed it and found a queue for it.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use pushq_schemas::{InvalidEvent, Topology};
+
+use super::{BrokerError, amqp_error};
+
+pub const ERROR_HEADER: &str = "x-pushq-error";
+pub const ERROR_KIND_HEADER: &str = "x-pushq-error-kind";
+
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: Channel,
+    topology: Topology,
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection, topology: Topology) -> Result<Self, BrokerError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(amqp_error("opening the publishing channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp_error("enabling publisher confirms"))?;
+        Ok(Self { channel, topology })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes persistent and `mandatory`, and waits for the confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirmation = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .map_err(amqp_error("publishing"))?
+            .await
+            .map_err(amqp_error("awaiting a publisher confirm"))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(BrokerError::Nacked {
+                routing_key: routing_key.to_owned(),
+            }),
+        }
+    }
+
+    /// Copies a message to the dead-letter queue with its original body and
+    /// headers plus the reason, so an operator can read, fix and replay it.
+    pub async fn dead_letter(
+        &self,
+        properties: &BasicProperties,
+        body: &[u8],
+        reason: &InvalidEvent,
+    ) -> Result<(), BrokerError> {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(ERROR_HEADER),
+            AMQPValue::LongString(LongString::from(reason.message.as_str())),
+        );
+        headers.insert(
+            ShortString::from(ERROR_KIND_HEADER),
+            AMQPValue::LongString(LongString::from(reason.kind.as_str())),
+        );
+        let properties = properties.clone().with_headers(headers);
+        self.publish("", &self.topology.dead_queue(), body, properties)
+            .await
+    }
+}
+
+/// A header's text, whatever string type it arrived as.
+pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        _ => None,
+    }
+}

@@ -1,0 +1,294 @@
+//! Settings from the environment (DESIGN §2.3), validated once at start. A bad
+//! value stops the start with one sentence naming the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pushq_schemas::Topology;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::push::endpoint_policy::DEFAULT_ENDPOINT_HOSTS;
+use crate::push::{EndpointPolicy, VapidPrivateKey};
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pushq";
+pub const DEFAULT_RETRY_DELAYS_MS: &str = "1000,5000,30000,120000,600000,1800000,3600000,7200000";
+
+/// One sentence naming the variable and what it expects; never its value when
+/// the value may be secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the worker is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// May carry a password, hence secret.
+    pub amqp_url: SecretString,
+    /// May carry a password, hence secret.
+    pub database_url: SecretString,
+    /// Required by `run`; `demo` makes a throwaway one.
+    pub vapid_private_key: Option<VapidPrivateKey>,
+    /// `mailto:` or `https:`; Apple refuses anything else.
+    pub vapid_subject: Option<String>,
+    pub topology: Topology,
+    pub endpoint_policy: EndpointPolicy,
+    pub http_addr: SocketAddr,
+    /// The delay before each retry; its length is the number of retries.
+    pub retry_delays: Vec<Duration>,
+    /// Unacked messages per queue per replica.
+    pub prefetch: u16,
+    pub shutdown_grace: Duration,
+    pub database_max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// `lookup` gives a variable's value, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let vapid_private_key = match (
+            get("PUSHQ_VAPID_PRIVATE_KEY"),
+            get("PUSHQ_VAPID_PRIVATE_KEY_FILE"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set PUSHQ_VAPID_PRIVATE_KEY or PUSHQ_VAPID_PRIVATE_KEY_FILE, not both".into(),
+                ));
+            }
+            (Some(key), None) => Some(VapidPrivateKey::from_base64url(&key).map_err(|why| {
+                ConfigError(format!(
+                    "PUSHQ_VAPID_PRIVATE_KEY {why}: expected the base64url raw P-256 private key that `pushq-worker vapid generate` prints"
+                ))
+            })?),
+            (None, Some(path)) => {
+                let pem = std::fs::read_to_string(&path).map_err(|err| {
+                    ConfigError(format!("PUSHQ_VAPID_PRIVATE_KEY_FILE {path:?} cannot be read: {err}"))
+                })?;
+                Some(VapidPrivateKey::from_pem(&pem).map_err(|why| {
+                    ConfigError(format!("PUSHQ_VAPID_PRIVATE_KEY_FILE {path:?} {why}"))
+                })?)
+            }
+            (None, None) => None,
+        };
+        let vapid_subject = get("PUSHQ_VAPID_SUBJECT")
+            .map(|subject| validate_subject(&subject).map(|()| subject))
+            .transpose()?;
+        let topology = Topology::new(get("PUSHQ_TOPOLOGY_PREFIX").unwrap_or_else(|| "pushq".into()))
+            .map_err(|why| ConfigError(format!("PUSHQ_TOPOLOGY_PREFIX: {why}")))?;
+        let allow_http = parse_bool("PUSHQ_ALLOW_HTTP", get("PUSHQ_ALLOW_HTTP"))?;
+        let hosts = get("PUSHQ_ENDPOINT_HOSTS").unwrap_or_else(|| DEFAULT_ENDPOINT_HOSTS.into());
+        let endpoint_policy = EndpointPolicy::parse(&hosts, allow_http).map_err(|why| {
+            ConfigError(format!(
+                "PUSHQ_ENDPOINT_HOSTS must list hosts as host, host:port or host:* separated by commas: {why}"
+            ))
+        })?;
+        let http_addr = get("PUSHQ_HTTP_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:9464".into())
+            .parse()
+            .map_err(|_| ConfigError("PUSHQ_HTTP_ADDR must be an address with a port, like 127.0.0.1:9464".into()))?;
+        let retry_delays = parse_delays(
+            &get("PUSHQ_RETRY_DELAYS_MS").unwrap_or_else(|| DEFAULT_RETRY_DELAYS_MS.into()),
+        )?;
+        let prefetch = parse_number::<u16>("PUSHQ_PREFETCH", get("PUSHQ_PREFETCH"), 256, 1)?;
+        let shutdown_grace = Duration::from_millis(parse_number::<u64>(
+            "PUSHQ_SHUTDOWN_GRACE_MS",
+            get("PUSHQ_SHUTDOWN_GRACE_MS"),
+            30_000,
+            0,
+        )?);
+        let database_max_connections = parse_number::<u32>(
+            "PUSHQ_DATABASE_MAX_CONNECTIONS",
+            get("PUSHQ_DATABASE_MAX_CONNECTIONS"),
+            16,
+            1,
+        )?;
+        let log_format = match get("PUSHQ_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(ConfigError("PUSHQ_LOG_FORMAT must be text or json".into())),
+        };
+        let amqp_url = get("PUSHQ_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError("PUSHQ_AMQP_URL must be an amqp:// or amqps:// URL".into()));
+        }
+        let database_url = get("PUSHQ_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError(
+                "PUSHQ_DATABASE_URL must be a postgres:// or postgresql:// URL".into(),
+            ));
+        }
+        Ok(Self {
+            amqp_url: amqp_url.into(),
+            database_url: database_url.into(),
+            vapid_private_key,
+            vapid_subject,
+            topology,
+            endpoint_policy,
+            http_addr,
+            retry_delays,
+            prefetch,
+            shutdown_grace,
+            database_max_connections,
+            log_format,
+        })
+    }
+
+    pub fn amqp_url(&self) -> &str {
+        self.amqp_url.expose_secret()
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+
+    /// `run` cannot sign without these; says which is missing.
+    pub fn require_vapid(&self) -> Result<(VapidPrivateKey, String), ConfigError> {
+        let key = self.vapid_private_key.clone().ok_or_else(|| {
+            ConfigError(
+                "PUSHQ_VAPID_PRIVATE_KEY (or PUSHQ_VAPID_PRIVATE_KEY_FILE) is required: create one with `pushq-worker vapid generate`".into(),
+            )
+        })?;
+        let subject = self.vapid_subject.clone().ok_or_else(|| {
+            ConfigError("PUSHQ_VAPID_SUBJECT is required: a mailto: or https: URL push services can reach you at".into())
+        })?;
+        Ok((key, subject))
+    }
+}
+
+fn validate_subject(subject: &str) -> Result<(), ConfigError> {
+    let valid = url::Url::parse(subject)
+        .is_ok_and(|url| matches!(url.scheme(), "mailto" | "https") && url.as_str().len() > url.scheme().len() + 1);
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "PUSHQ_VAPID_SUBJECT must be a mailto: or https: URL (Apple refuses others), not {subject:?}"
+        )))
+    }
+}
+
+fn parse_bool(name: &str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(other) => Err(ConfigError(format!("{name} must be true or false, not {other:?}"))),
+    }
+}
+
+fn parse_number<T>(name: &str, value: Option<String>, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + num_bounds::Max,
+{
+    let Some(value) = value else { return Ok(default) };
+    match value.trim().parse::<T>() {
+        Ok(number) if number >= min => Ok(number),
+        _ => Err(ConfigError(format!(
+            "{name} must be a whole number from {min} to {}, not {value:?}",
+            T::MAX
+        ))),
+    }
+}
+
+mod num_bounds {
+    pub trait Max {
+        const MAX: Self;
+    }
+    impl Max for u16 {
+        const MAX: Self = u16::MAX;
+    }
+    impl Max for u32 {
+        const MAX: Self = u32::MAX;
+    }
+    impl Max for u64 {
+        const MAX: Self = u64::MAX;
+    }
+}
+
+fn parse_delays(value: &str) -> Result<Vec<Duration>, ConfigError> {
+    let delays: Result<Vec<u64>, _> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(str::parse::<u64>)
+        .collect();
+    match delays {
+        Ok(delays) if delays.iter().all(|&ms| ms > 0) => Ok(delays.into_iter().map(Duration::from_millis).collect()),
+        _ => Err(ConfigError(format!(
+            "PUSHQ_RETRY_DELAYS_MS must be comma-separated positive milliseconds like {DEFAULT_RETRY_DELAYS_MS}, not {value:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.amqp_url(), DEFAULT_AMQP_URL);
+        assert_eq!(s.database_url(), DEFAULT_DATABASE_URL);
+        assert_eq!(s.topology.prefix(), "pushq");
+        assert_eq!(s.prefetch, 256);
+        assert_eq!(s.retry_delays.len(), 8);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert!(s.require_vapid().is_err());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (name, value) in [
+            ("PUSHQ_PREFETCH", "0"),
+            ("PUSHQ_PREFETCH", "many"),
+            ("PUSHQ_ALLOW_HTTP", "maybe"),
+            ("PUSHQ_RETRY_DELAYS_MS", "1000,soon"),
+            ("PUSHQ_TOPOLOGY_PREFIX", "has space"),
+            ("PUSHQ_HTTP_ADDR", "nowhere"),
+            ("PUSHQ_VAPID_SUBJECT", "ops@example.com"),
+            ("PUSHQ_ENDPOINT_HOSTS", "host:port"),
+            ("PUSHQ_AMQP_URL", "http://x"),
+            ("PUSHQ_DATABASE_URL", "mysql://x"),
+            ("PUSHQ_SHUTDOWN_GRACE_MS", "-1"),
+        ] {
+            let err = settings(&[(name, value)]).expect_err(name);
+            assert!(err.0.starts_with(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_private_key_is_named_but_never_echoed() {
+        let secret = "c2VjcmV0LXZhbHVlLXRoYXQtaXMtbm90LWEta2V5";
+        let err = settings(&[("PUSHQ_VAPID_PRIVATE_KEY", secret)]).expect_err("invalid");
+        assert!(err.0.starts_with("PUSHQ_VAPID_PRIVATE_KEY"));
+        assert!(!err.0.contains(secret));
+        let key = VapidPrivateKey::generate();
+        let s = settings(&[
+            ("PUSHQ_VAPID_PRIVATE_KEY", &key.to_base64url()),
+            ("PUSHQ_VAPID_SUBJECT", "mailto:ops@example.com"),
+            ("PUSHQ_DATABASE_URL", "postgres://app:hunter2@db/pushq"),
+        ])
+        .expect("valid");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains(&key.to_base64url()));
+        assert!(!debug.contains("hunter2"));
+        assert!(s.require_vapid().is_ok());
+    }
+}
