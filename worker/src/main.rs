@@ -1,1 +1,162 @@
-fn main() {}
+//! `pushq-worker`: settings, logs, then the subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pushq_worker::app::{self, App, Exit};
+use pushq_worker::config::Settings;
+use pushq_worker::push::VapidPrivateKey;
+use pushq_worker::store::{self, subscriptions};
+use pushq_worker::{demo, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Delivers Web Push notifications from RabbitMQ. Configured by PUSHQ_* environment variables.
+#[derive(Debug, Parser)]
+#[command(name = "pushq-worker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM or SIGINT.
+    Run,
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// VAPID key pairs.
+    #[command(subcommand)]
+    Vapid(VapidCommand),
+    /// The whole flow on this machine against the local RabbitMQ and PostgreSQL.
+    Demo(demo::DemoArgs),
+    /// Stored subscriptions.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VapidCommand {
+    /// Print a new key pair: PUSHQ_VAPID_PRIVATE_KEY and the public key for web pages.
+    Generate,
+    /// Print the public key (applicationServerKey) of the configured private key.
+    Public,
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionsCommand {
+    /// List stored subscriptions (id, user, push service, tags).
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("pushq-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("pushq-worker: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, settings)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("pushq-worker: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run => {
+            let app = match App::build(settings).await {
+                Ok(app) => app,
+                Err(app::BuildError::Config(err)) => {
+                    eprintln!("pushq-worker: {err}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(err) => return Err(anyhow::Error::new(err)),
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            Ok(match app.run(shutdown).await {
+                Exit::Clean => ExitCode::SUCCESS,
+                Exit::GraceExceeded => ExitCode::FAILURE,
+            })
+        }
+        Command::Migrate => {
+            store::prepare(settings.database_url(), 2).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vapid(VapidCommand::Generate) => {
+            let key = VapidPrivateKey::generate();
+            println!("PUSHQ_VAPID_PRIVATE_KEY={}", key.to_base64url());
+            println!("public key (applicationServerKey): {}", key.public_key_base64url());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vapid(VapidCommand::Public) => {
+            let (key, _) = settings.require_vapid().or_else(|err| {
+                settings
+                    .vapid_private_key
+                    .clone()
+                    .map(|key| (key, String::new()))
+                    .ok_or(err)
+            })?;
+            println!("{}", key.public_key_base64url());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let summary = demo::run(settings, &args).await?;
+            println!("{}", summary.table());
+            Ok(if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Subscriptions(SubscriptionsCommand::List { limit }) => {
+            let pool = store::connect(settings.database_url(), 1).await?;
+            println!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
+            for sub in subscriptions::list(&pool, None, limit).await? {
+                println!(
+                    "{:<36}  {:<24}  {:<40}  {}",
+                    sub.id,
+                    sub.user_id,
+                    pushq_schemas::data::endpoint_origin(&sub.endpoint),
+                    sub.tags.join(",")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// SIGTERM (orchestrators) or SIGINT (a terminal) starts a graceful stop.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

@@ -47,9 +47,10 @@ pub async fn open(
 
 /// Runs until `stop` is cancelled (then cancels the consumer and returns Ok)
 /// or the broker ends the consumer (an error: the caller reconnects). Each
-/// message is handled in its own task on `tracker`.
+/// message is handled in its own task on `tracker`. The caller keeps the
+/// channel open until those tasks are done: their acks travel on it.
 pub async fn run(
-    channel: Channel,
+    channel: &Channel,
     mut consumer: lapin::Consumer,
     queue: String,
     pipeline: Arc<Pipeline>,

@@ -171,3 +171,21 @@ pub async fn record_failure(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
         .map(drop)
         .map_err(db_error("recording a failure"))
 }
+
+/// Subscriptions whose user id starts with `prefix` (the demo's own users).
+pub async fn count_by_user_prefix(pool: &PgPool, prefix: &str) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE left(user_id, length($1)) = $1")
+        .bind(prefix)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error("counting subscriptions"))
+}
+
+pub async fn delete_by_user_prefix(pool: &PgPool, prefix: &str) -> Result<u64, StoreError> {
+    sqlx::query("DELETE FROM subscriptions WHERE left(user_id, length($1)) = $1")
+        .bind(prefix)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db_error("deleting subscriptions"))
+}

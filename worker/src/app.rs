@@ -1,0 +1,205 @@
+//! The worker as a value: built from settings, then run until a token says
+//! stop. A lost broker connection is never fatal: the app reconnects with
+//! backoff and reports readiness as it goes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::Connection;
+use pushq_schemas::Topology;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::publisher::Publisher;
+use crate::broker::{self, BrokerError, consumer, topology};
+use crate::config::{ConfigError, Settings};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("could not prepare the database")]
+    Store(#[from] StoreError),
+    #[error("the VAPID private key cannot sign")]
+    Vapid,
+    #[error("could not build the HTTP client")]
+    Http(#[source] reqwest::Error),
+}
+
+/// How `run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every in-flight message was finished within the grace period.
+    Clean,
+    /// Work was still running at the deadline; it went back to the broker.
+    GraceExceeded,
+}
+
+#[derive(Debug)]
+pub struct App {
+    settings: Settings,
+    pipeline: Arc<Pipeline>,
+    ready: watch::Sender<bool>,
+    consumer_tag: String,
+}
+
+impl App {
+    /// Builds with the configured VAPID key.
+    pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        let (key, subject) = settings.require_vapid()?;
+        Self::build_with_vapid(settings, &key, &subject).await
+    }
+
+    /// Builds with the given VAPID key (the demo's throwaway one).
+    pub async fn build_with_vapid(
+        settings: Settings,
+        key: &VapidPrivateKey,
+        subject: &str,
+    ) -> Result<Self, BuildError> {
+        let pool = store::prepare(settings.database_url(), settings.database_max_connections).await?;
+        let signer = VapidSigner::new(key, subject).map_err(|_| BuildError::Vapid)?;
+        let push = PushClient::new(signer, settings.endpoint_policy.clone(), &HttpSettings::default())
+            .map_err(BuildError::Http)?;
+        let pipeline = Pipeline::new(
+            pool,
+            push,
+            PipelineSettings {
+                retry_delays: settings.retry_delays.clone(),
+                ..PipelineSettings::default()
+            },
+        );
+        Ok(Self {
+            settings,
+            pipeline: Arc::new(pipeline),
+            ready: watch::channel(false).0,
+            consumer_tag: format!("pushq-worker-{}", uuid::Uuid::new_v4().simple()),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.pipeline.pool()
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.settings.topology
+    }
+
+    /// True while both queues have this replica's consumer.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting after failures.
+    pub async fn run(self, shutdown: CancellationToken) -> Exit {
+        let mut delays = reconnect_backoff();
+        loop {
+            let result = self.run_connected(&shutdown).await;
+            let _ = self.ready.send(false);
+            let err = match result {
+                Ok(exit) => return exit,
+                Err(err) => err,
+            };
+            if shutdown.is_cancelled() {
+                return Exit::Clean;
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tracing::error!(error = %err, cause = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return Exit::Clean,
+            }
+            if *self.ready.borrow() {
+                delays = reconnect_backoff();
+            }
+        }
+    }
+
+    async fn run_connected(&self, shutdown: &CancellationToken) -> Result<Exit, BrokerError> {
+        let connection = broker::connect(self.settings.amqp_url(), &self.consumer_tag).await?;
+        let result = self.consume(&connection, shutdown).await;
+        if let Err(err) = connection.close(200, "pushq worker stopping".into()).await {
+            tracing::debug!(error = %err, "closing the broker connection");
+        }
+        result
+    }
+
+    async fn consume(&self, connection: &Connection, shutdown: &CancellationToken) -> Result<Exit, BrokerError> {
+        let topology = &self.settings.topology;
+        let publisher = Publisher::open(connection, topology.clone()).await?;
+        topology::declare(publisher.channel(), topology).await?;
+        let prefetch = self.settings.prefetch;
+        let (jobs_channel, jobs) =
+            consumer::open(connection, &topology.jobs_queue(), prefetch, &self.consumer_tag).await?;
+        let (subscriptions_channel, subscriptions) =
+            consumer::open(connection, &topology.subscriptions_queue(), prefetch, &self.consumer_tag).await?;
+        let _ = self.ready.send(true);
+        tracing::info!(prefix = topology.prefix(), prefetch, "consuming");
+
+        let stop = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        let consumed = tokio::try_join!(
+            consumer::run(
+                &jobs_channel,
+                jobs,
+                topology.jobs_queue(),
+                self.pipeline.clone(),
+                publisher.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ),
+            consumer::run(
+                &subscriptions_channel,
+                subscriptions,
+                topology.subscriptions_queue(),
+                self.pipeline.clone(),
+                publisher.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ),
+        );
+        let _ = self.ready.send(false);
+        // Whatever ended consuming, in-flight tasks stop waiting on retries.
+        stop.cancel();
+        consumed?;
+        tracker.close();
+        let grace = self.settings.shutdown_grace;
+        tracing::info!(in_flight = tracker.len(), grace_ms = grace.as_millis() as u64, "stopped consuming; finishing in-flight work");
+        let exit = if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+            Exit::Clean
+        } else {
+            tracing::warn!(unfinished = tracker.len(), "grace period over; unfinished messages go back to the broker");
+            Exit::GraceExceeded
+        };
+        // Closing the channels hands anything unacked back to the broker.
+        for channel in [&jobs_channel, &subscriptions_channel, publisher.channel()] {
+            let _ = channel.close(200, "pushq worker stopping".into()).await;
+        }
+        Ok(exit)
+    }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The causes under an error, for a log line that shows each once.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    causes.join(": ")
+}

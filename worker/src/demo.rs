@@ -1,0 +1,269 @@
+//! `pushq-worker demo`: the whole flow on this machine. A fake push service on
+//! loopback plays every browser; N subscriptions are registered and N
+//! notifications sent through the producer SDK; the worker runs in-process;
+//! every message is decrypted and compared with what was sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use pushq_fake_push::FakePushService;
+use pushq_producer::{NotificationSend, Producer, PushSubscription, SubscriptionRegister, Target};
+use pushq_schemas::Topology;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, Exit};
+use crate::config::Settings;
+use crate::push::{EndpointPolicy, VapidPrivateKey};
+use crate::store::subscriptions;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How many subscriptions to register and notifications to send.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Publishes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoSummary {
+    pub sent: usize,
+    /// Delivered, decrypted and equal to what was sent.
+    pub delivered: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+}
+
+impl DemoSummary {
+    pub fn per_second(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn table(&self) -> String {
+        format!(
+            "\n  pushq demo\n  ─────────────────────────\n  sent          {:>9}\n  delivered     {:>9}\n  failed        {:>9}\n  elapsed       {:>8.2}s\n  per second    {:>9.0}\n",
+            self.sent,
+            self.delivered,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            self.per_second()
+        )
+    }
+}
+
+const SUBJECT: &str = "mailto:demo@pushq.example";
+
+pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<DemoSummary> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let topology = Topology::new(format!("{}-demo-{run_id}", settings.topology.prefix()))
+        .map_err(anyhow::Error::msg)?;
+    let fake = FakePushService::start().await.context("while starting the fake push service")?;
+    let key = VapidPrivateKey::generate();
+    settings.topology = topology.clone();
+    settings.endpoint_policy = EndpointPolicy::parse(&fake.host_entry(), true).map_err(anyhow::Error::msg)?;
+    let user_prefix = format!("demo-{run_id}-");
+
+    let app = App::build_with_vapid(settings.clone(), &key, SUBJECT)
+        .await
+        .context("while preparing the database")?;
+    let pool = app.pool().clone();
+    let mut ready = app.ready();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(app.run(shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|ready| *ready))
+        .await
+        .context("the worker did not start consuming within 30 s: is RabbitMQ running?")?
+        .context("the worker stopped")?;
+
+    let result = exercise(&settings, &topology, &fake, &key, &pool, &user_prefix, args).await;
+
+    shutdown.cancel();
+    let exit = worker.await.context("the worker task failed")?;
+    cleanup(&settings, &topology, &pool, &user_prefix).await;
+    if exit != Exit::Clean {
+        bail!("the worker did not stop cleanly");
+    }
+    result
+}
+
+async fn exercise(
+    settings: &Settings,
+    topology: &Topology,
+    fake: &FakePushService,
+    key: &VapidPrivateKey,
+    pool: &sqlx::PgPool,
+    user_prefix: &str,
+    args: &DemoArgs,
+) -> anyhow::Result<DemoSummary> {
+    let count = args.count;
+    let producer = Arc::new(
+        Producer::connect(settings.amqp_url(), topology.clone(), "/pushq/demo")
+            .await
+            .context("while connecting the producer")?,
+    );
+    let browsers: Vec<_> = (0..count)
+        .map(|_| fake.subscribe_with_key(&key.public_key_base64url()))
+        .collect();
+
+    eprintln!("registering {count} subscriptions…");
+    stream::iter(browsers.iter().enumerate())
+        .map(|(i, browser)| {
+            let producer = producer.clone();
+            async move {
+                let subscription: PushSubscription = serde_json::from_value(browser.to_json())?;
+                producer
+                    .register(&SubscriptionRegister {
+                        user: format!("{user_prefix}{i}"),
+                        subscription,
+                        tags: vec!["demo".into()],
+                    })
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .try_collect::<()>()
+        .await
+        .context("while registering subscriptions")?;
+    wait_for_subscriptions(pool, user_prefix, count).await?;
+
+    eprintln!("sending {count} notifications…");
+    let started = Instant::now();
+    let progress = progress_bar(count);
+    let mut received = fake.watch_received();
+    let initial = *received.borrow();
+    let progress_task = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            while received.changed().await.is_ok() {
+                let done = received.borrow().saturating_sub(initial);
+                progress.set_position(done as u64);
+                if done >= count {
+                    break;
+                }
+            }
+        })
+    };
+    stream::iter(0..count)
+        .map(|i| {
+            let producer = producer.clone();
+            let user = format!("{user_prefix}{i}");
+            async move {
+                let mut send = NotificationSend::new(Target::User(user), Some(expected_payload(i, count)));
+                send.ttl = 600;
+                producer.send(&send).await
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await
+        .context("while publishing notifications")?;
+
+    // Generous, but bounded: a stuck delivery fails the demo instead of hanging it.
+    let deadline = Duration::from_secs(60) + Duration::from_millis(20 * count as u64);
+    let waited = fake.wait_for_received(initial + count, deadline).await;
+    let elapsed = started.elapsed();
+    progress_task.abort();
+    progress.finish_and_clear();
+    if let Err(err) = &waited {
+        eprintln!("{err}");
+    }
+
+    let by_subscription: HashMap<&str, usize> = browsers
+        .iter()
+        .enumerate()
+        .map(|(i, browser)| (browser.id.as_str(), i))
+        .collect();
+    let mut verified = vec![0usize; count];
+    for push in fake.received() {
+        if let Some(&i) = by_subscription.get(push.subscription_id.as_str())
+            && push.json() == Some(expected_payload(i, count))
+            && push.vapid_subject == SUBJECT
+        {
+            verified[i] += 1;
+        }
+    }
+    let delivered = verified.iter().filter(|&&n| n == 1).count();
+    let duplicates = verified.iter().filter(|&&n| n > 1).count();
+    if duplicates > 0 {
+        eprintln!("{duplicates} subscriptions received a notification more than once");
+    }
+    let _ = Arc::try_unwrap(producer).map(|producer| producer.close());
+    Ok(DemoSummary {
+        sent: count,
+        delivered,
+        failed: count - delivered,
+        elapsed,
+    })
+}
+
+fn expected_payload(i: usize, count: usize) -> serde_json::Value {
+    json!({
+        "title": "pushq demo",
+        "body": format!("Notification {} of {count}", i + 1),
+        "url": format!("/demo/{i}"),
+    })
+}
+
+fn progress_bar(count: usize) -> ProgressBar {
+    let progress = ProgressBar::new(count as u64);
+    if let Ok(style) = ProgressStyle::with_template("  {bar:40} {pos}/{len} delivered  {per_sec}") {
+        progress.set_style(style);
+    }
+    progress
+}
+
+/// Registration and sending go through different queues, so the demo waits
+/// for every subscription to be stored before it sends (bounded).
+async fn wait_for_subscriptions(pool: &sqlx::PgPool, user_prefix: &str, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30) + Duration::from_millis(10 * count as u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let stored = subscriptions::count_by_user_prefix(pool, user_prefix).await?;
+        if stored >= count as i64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {stored} of {count} subscriptions were stored in time");
+        }
+    }
+}
+
+/// Removes what the demo made: its subscriptions, queues and exchanges.
+async fn cleanup(settings: &Settings, topology: &Topology, pool: &sqlx::PgPool, user_prefix: &str) {
+    if let Err(err) = subscriptions::delete_by_user_prefix(pool, user_prefix).await {
+        tracing::warn!(error = %err, "could not delete the demo's subscriptions");
+    }
+    if let Err(err) = delete_topology(settings.amqp_url(), topology).await {
+        tracing::warn!(error = %err, "could not delete the demo's queues");
+    }
+}
+
+/// Deletes every queue and exchange of a topology (demo and tests).
+pub async fn delete_topology(amqp_url: &str, topology: &Topology) -> anyhow::Result<()> {
+    let connection = crate::broker::connect(amqp_url, "pushq-cleanup").await?;
+    let channel = connection.create_channel().await?;
+    for queue in [
+        topology.jobs_queue(),
+        topology.subscriptions_queue(),
+        topology.feedback_queue(),
+        topology.dead_queue(),
+    ] {
+        channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+    }
+    for exchange in [topology.exchange(), topology.results_exchange()] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    connection.close(200, "cleanup done".into()).await?;
+    Ok(())
+}
