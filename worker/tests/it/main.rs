@@ -1,0 +1,10 @@
+//! Integration tests against the real RabbitMQ and PostgreSQL. Each test gets
+//! its own database and topology prefix, a fake push service that decrypts
+//! and verifies as a browser and a push service would, and a worker running
+//! in-process.
+
+mod dead_letters;
+mod delivery;
+mod helpers;
+mod subscriptions;
+mod vapid;
