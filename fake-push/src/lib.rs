@@ -160,7 +160,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -268,7 +270,11 @@ impl FakePushService {
 
     /// The next requests to `subscription` get these replies, in order; then
     /// the default.
-    pub fn script(&self, subscription: &BrowserSubscription, replies: impl IntoIterator<Item = Reply>) {
+    pub fn script(
+        &self,
+        subscription: &BrowserSubscription,
+        replies: impl IntoIterator<Item = Reply>,
+    ) {
         if let Some(state) = self.shared.lock().subscriptions.get_mut(&subscription.id) {
             state.script.extend(replies);
         }
@@ -370,10 +376,21 @@ async fn receive(
                 state.auth,
                 state.application_server_key.clone(),
             ),
-            None => return reject(&shared, &id, StatusCode::NOT_FOUND, "no such subscription".into()),
+            None => {
+                return reject(
+                    &shared,
+                    &id,
+                    StatusCode::NOT_FOUND,
+                    "no such subscription".into(),
+                );
+            }
         }
     };
-    let claims = match verify::vapid(&headers, &shared.audience, application_server_key.as_deref()) {
+    let claims = match verify::vapid(
+        &headers,
+        &shared.audience,
+        application_server_key.as_deref(),
+    ) {
         Ok(claims) => claims,
         Err((status, reason)) => return reject(&shared, &id, status, reason),
     };
@@ -392,7 +409,11 @@ async fn receive(
     let plaintext = if body.is_empty() {
         Vec::new()
     } else {
-        if headers.get("content-encoding").and_then(|v| v.to_str().ok()) != Some("aes128gcm") {
+        if headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            != Some("aes128gcm")
+        {
             return reject(
                 &shared,
                 &id,
@@ -403,7 +424,12 @@ async fn receive(
         match web_push_native::decrypt(body.to_vec(), &secret, &auth) {
             Ok(plaintext) => plaintext,
             Err(err) => {
-                return reject(&shared, &id, StatusCode::BAD_REQUEST, format!("cannot decrypt: {err:?}"));
+                return reject(
+                    &shared,
+                    &id,
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot decrypt: {err:?}"),
+                );
             }
         }
     };
@@ -413,7 +439,10 @@ async fn receive(
         let Some(state) = inner.subscriptions.get_mut(&id) else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        state.script.pop_front().unwrap_or_else(|| state.default_reply.clone())
+        state
+            .script
+            .pop_front()
+            .unwrap_or_else(|| state.default_reply.clone())
     };
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
@@ -440,10 +469,8 @@ async fn receive(
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = status.into_response();
-    if accepted {
-        if let Ok(location) = format!("{}/message/{id}", shared.base_url).parse() {
-            response.headers_mut().insert("location", location);
-        }
+    if accepted && let Ok(location) = format!("{}/message/{id}", shared.base_url).parse() {
+        response.headers_mut().insert("location", location);
     }
     if let Some(retry_after) = reply.retry_after.and_then(|value| value.parse().ok()) {
         response.headers_mut().insert("retry-after", retry_after);

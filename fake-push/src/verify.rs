@@ -137,13 +137,17 @@ pub(crate) fn push_headers(headers: &HeaderMap) -> Result<PushHeaders, String> {
     if let Some(urgency) = &urgency
         && !matches!(urgency.as_str(), "very-low" | "low" | "normal" | "high")
     {
-        return Err(format!("Urgency {urgency:?} is not very-low, low, normal or high"));
+        return Err(format!(
+            "Urgency {urgency:?} is not very-low, low, normal or high"
+        ));
     }
     let topic = text("topic").map(str::to_owned);
     if let Some(topic) = &topic
         && !(topic.len() <= 32
             && !topic.is_empty()
-            && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            && topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     {
         return Err("Topic must be at most 32 base64url characters".into());
     }

@@ -13,8 +13,8 @@
 //! # Ok(()) }
 //! ```
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use pushq_schemas::data::ProducerEvent;
@@ -129,7 +129,8 @@ impl Producer {
 
     /// Sends a notification. Returns the event id, which result events name.
     pub async fn send(&self, data: &NotificationSend) -> Result<String, PublishError> {
-        self.publish_data(event_types::NOTIFICATION_SEND, data).await
+        self.publish_data(event_types::NOTIFICATION_SEND, data)
+            .await
     }
 
     async fn publish_data(
@@ -163,7 +164,12 @@ impl Producer {
             .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into())
             .with_delivery_mode(2)
             .with_message_id(event.id.clone().into())
-            .with_timestamp(chrono::Utc::now().timestamp().try_into().unwrap_or_default());
+            .with_timestamp(
+                chrono::Utc::now()
+                    .timestamp()
+                    .try_into()
+                    .unwrap_or_default(),
+            );
         let confirm = self
             .channel
             .basic_publish(

@@ -172,7 +172,10 @@ impl SubscriptionUnregister {
         let object = data
             .as_object()
             .ok_or_else(|| InvalidEvent::data("data must be a JSON object"))?;
-        if let Some(extra) = object.keys().find(|key| !matches!(key.as_str(), "endpoint" | "user")) {
+        if let Some(extra) = object
+            .keys()
+            .find(|key| !matches!(key.as_str(), "endpoint" | "user"))
+        {
             return Err(InvalidEvent::data(format!(
                 "unknown field `{extra}`: an unregister names `endpoint` or `user`"
             )));

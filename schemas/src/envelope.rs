@@ -100,7 +100,7 @@ impl CloudEvent {
             (None, Some(encoded)) => {
                 let bytes = encoded
                     .as_str()
-                    .and_then(|text| decode_standard_or_url_base64(text))
+                    .and_then(decode_standard_or_url_base64)
                     .ok_or_else(|| {
                         InvalidEvent::new(InvalidKind::InvalidData, "data_base64 is not base64")
                     })?;

@@ -14,7 +14,8 @@ fn load(path: &Path) -> Value {
 
 fn crate_verdict(event_type: &str, data: &Value) -> Result<(), String> {
     if event_type == "pushq.delivery.result" {
-        let result: DeliveryResult = serde_json::from_value(data.clone()).map_err(|e| e.to_string())?;
+        let result: DeliveryResult =
+            serde_json::from_value(data.clone()).map_err(|e| e.to_string())?;
         return result.validate();
     }
     ProducerEvent::parse(event_type, Some(data))

@@ -62,10 +62,15 @@ impl App {
         key: &VapidPrivateKey,
         subject: &str,
     ) -> Result<Self, BuildError> {
-        let pool = store::prepare(settings.database_url(), settings.database_max_connections).await?;
+        let pool =
+            store::prepare(settings.database_url(), settings.database_max_connections).await?;
         let signer = VapidSigner::new(key, subject).map_err(|_| BuildError::Vapid)?;
-        let push = PushClient::new(signer, settings.endpoint_policy.clone(), &HttpSettings::default())
-            .map_err(BuildError::Http)?;
+        let push = PushClient::new(
+            signer,
+            settings.endpoint_policy.clone(),
+            &HttpSettings::default(),
+        )
+        .map_err(BuildError::Http)?;
         let pipeline = Pipeline::new(
             pool,
             push,
@@ -129,15 +134,29 @@ impl App {
         result
     }
 
-    async fn consume(&self, connection: &Connection, shutdown: &CancellationToken) -> Result<Exit, BrokerError> {
+    async fn consume(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<Exit, BrokerError> {
         let topology = &self.settings.topology;
         let publisher = Publisher::open(connection, topology.clone()).await?;
         topology::declare(publisher.channel(), topology).await?;
         let prefetch = self.settings.prefetch;
-        let (jobs_channel, jobs) =
-            consumer::open(connection, &topology.jobs_queue(), prefetch, &self.consumer_tag).await?;
-        let (subscriptions_channel, subscriptions) =
-            consumer::open(connection, &topology.subscriptions_queue(), prefetch, &self.consumer_tag).await?;
+        let (jobs_channel, jobs) = consumer::open(
+            connection,
+            &topology.jobs_queue(),
+            prefetch,
+            &self.consumer_tag,
+        )
+        .await?;
+        let (subscriptions_channel, subscriptions) = consumer::open(
+            connection,
+            &topology.subscriptions_queue(),
+            prefetch,
+            &self.consumer_tag,
+        )
+        .await?;
         let _ = self.ready.send(true);
         tracing::info!(prefix = topology.prefix(), prefetch, "consuming");
 
@@ -169,11 +188,18 @@ impl App {
         consumed?;
         tracker.close();
         let grace = self.settings.shutdown_grace;
-        tracing::info!(in_flight = tracker.len(), grace_ms = grace.as_millis() as u64, "stopped consuming; finishing in-flight work");
+        tracing::info!(
+            in_flight = tracker.len(),
+            grace_ms = grace.as_millis() as u64,
+            "stopped consuming; finishing in-flight work"
+        );
         let exit = if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
             Exit::Clean
         } else {
-            tracing::warn!(unfinished = tracker.len(), "grace period over; unfinished messages go back to the broker");
+            tracing::warn!(
+                unfinished = tracker.len(),
+                "grace period over; unfinished messages go back to the broker"
+            );
             Exit::GraceExceeded
         };
         // Closing the channels hands anything unacked back to the broker.

@@ -84,8 +84,9 @@ impl Settings {
         let vapid_subject = get("PUSHQ_VAPID_SUBJECT")
             .map(|subject| validate_subject(&subject).map(|()| subject))
             .transpose()?;
-        let topology = Topology::new(get("PUSHQ_TOPOLOGY_PREFIX").unwrap_or_else(|| "pushq".into()))
-            .map_err(|why| ConfigError(format!("PUSHQ_TOPOLOGY_PREFIX: {why}")))?;
+        let topology =
+            Topology::new(get("PUSHQ_TOPOLOGY_PREFIX").unwrap_or_else(|| "pushq".into()))
+                .map_err(|why| ConfigError(format!("PUSHQ_TOPOLOGY_PREFIX: {why}")))?;
         let allow_http = parse_bool("PUSHQ_ALLOW_HTTP", get("PUSHQ_ALLOW_HTTP"))?;
         let hosts = get("PUSHQ_ENDPOINT_HOSTS").unwrap_or_else(|| DEFAULT_ENDPOINT_HOSTS.into());
         let endpoint_policy = EndpointPolicy::parse(&hosts, allow_http).map_err(|why| {
@@ -96,7 +97,11 @@ impl Settings {
         let http_addr = get("PUSHQ_HTTP_ADDR")
             .unwrap_or_else(|| "127.0.0.1:9464".into())
             .parse()
-            .map_err(|_| ConfigError("PUSHQ_HTTP_ADDR must be an address with a port, like 127.0.0.1:9464".into()))?;
+            .map_err(|_| {
+                ConfigError(
+                    "PUSHQ_HTTP_ADDR must be an address with a port, like 127.0.0.1:9464".into(),
+                )
+            })?;
         let retry_delays = parse_delays(
             &get("PUSHQ_RETRY_DELAYS_MS").unwrap_or_else(|| DEFAULT_RETRY_DELAYS_MS.into()),
         )?;
@@ -120,7 +125,9 @@ impl Settings {
         };
         let amqp_url = get("PUSHQ_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError("PUSHQ_AMQP_URL must be an amqp:// or amqps:// URL".into()));
+            return Err(ConfigError(
+                "PUSHQ_AMQP_URL must be an amqp:// or amqps:// URL".into(),
+            ));
         }
         let database_url = get("PUSHQ_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
@@ -167,8 +174,9 @@ impl Settings {
 }
 
 fn validate_subject(subject: &str) -> Result<(), ConfigError> {
-    let valid = url::Url::parse(subject)
-        .is_ok_and(|url| matches!(url.scheme(), "mailto" | "https") && url.as_str().len() > url.scheme().len() + 1);
+    let valid = url::Url::parse(subject).is_ok_and(|url| {
+        matches!(url.scheme(), "mailto" | "https") && url.as_str().len() > url.scheme().len() + 1
+    });
     if valid {
         Ok(())
     } else {
@@ -182,7 +190,9 @@ fn parse_bool(name: &str, value: Option<String>) -> Result<bool, ConfigError> {
     match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("false" | "0" | "no") => Ok(false),
         Some("true" | "1" | "yes") => Ok(true),
-        Some(other) => Err(ConfigError(format!("{name} must be true or false, not {other:?}"))),
+        Some(other) => Err(ConfigError(format!(
+            "{name} must be true or false, not {other:?}"
+        ))),
     }
 }
 
@@ -190,7 +200,9 @@ fn parse_number<T>(name: &str, value: Option<String>, default: T, min: T) -> Res
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + num_bounds::Max,
 {
-    let Some(value) = value else { return Ok(default) };
+    let Some(value) = value else {
+        return Ok(default);
+    };
     match value.trim().parse::<T>() {
         Ok(number) if number >= min => Ok(number),
         _ => Err(ConfigError(format!(
@@ -223,7 +235,9 @@ fn parse_delays(value: &str) -> Result<Vec<Duration>, ConfigError> {
         .map(str::parse::<u64>)
         .collect();
     match delays {
-        Ok(delays) if delays.iter().all(|&ms| ms > 0) => Ok(delays.into_iter().map(Duration::from_millis).collect()),
+        Ok(delays) if delays.iter().all(|&ms| ms > 0) => {
+            Ok(delays.into_iter().map(Duration::from_millis).collect())
+        }
         _ => Err(ConfigError(format!(
             "PUSHQ_RETRY_DELAYS_MS must be comma-separated positive milliseconds like {DEFAULT_RETRY_DELAYS_MS}, not {value:?}"
         ))),
@@ -236,8 +250,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Settings::from_lookup(|name| vars.get(name).cloned())
     }
 

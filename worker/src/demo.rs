@@ -64,10 +64,13 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let topology = Topology::new(format!("{}-demo-{run_id}", settings.topology.prefix()))
         .map_err(anyhow::Error::msg)?;
-    let fake = FakePushService::start().await.context("while starting the fake push service")?;
+    let fake = FakePushService::start()
+        .await
+        .context("while starting the fake push service")?;
     let key = VapidPrivateKey::generate();
     settings.topology = topology.clone();
-    settings.endpoint_policy = EndpointPolicy::parse(&fake.host_entry(), true).map_err(anyhow::Error::msg)?;
+    settings.endpoint_policy =
+        EndpointPolicy::parse(&fake.host_entry(), true).map_err(anyhow::Error::msg)?;
     let user_prefix = format!("demo-{run_id}-");
 
     let app = App::build_with_vapid(settings.clone(), &key, SUBJECT)
@@ -156,7 +159,8 @@ async fn exercise(
             let producer = producer.clone();
             let user = format!("{user_prefix}{i}");
             async move {
-                let mut send = NotificationSend::new(Target::User(user), Some(expected_payload(i, count)));
+                let mut send =
+                    NotificationSend::new(Target::User(user), Some(expected_payload(i, count)));
                 send.ttl = 600;
                 producer.send(&send).await
             }
@@ -222,8 +226,13 @@ fn progress_bar(count: usize) -> ProgressBar {
 
 /// Registration and sending go through different queues, so the demo waits
 /// for every subscription to be stored before it sends (bounded).
-async fn wait_for_subscriptions(pool: &sqlx::PgPool, user_prefix: &str, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30) + Duration::from_millis(10 * count as u64);
+async fn wait_for_subscriptions(
+    pool: &sqlx::PgPool,
+    user_prefix: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    let deadline =
+        Instant::now() + Duration::from_secs(30) + Duration::from_millis(10 * count as u64);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
@@ -257,7 +266,9 @@ pub async fn delete_topology(amqp_url: &str, topology: &Topology) -> anyhow::Res
         topology.feedback_queue(),
         topology.dead_queue(),
     ] {
-        channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
     }
     for exchange in [topology.exchange(), topology.results_exchange()] {
         channel

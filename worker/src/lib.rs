@@ -2,10 +2,10 @@
 //! RabbitMQ, delivers Web Push messages and records every outcome.
 
 pub mod app;
+pub mod broker;
 pub mod config;
 pub mod demo;
-pub mod telemetry;
+pub mod pipeline;
 pub mod push;
 pub mod store;
-pub mod broker;
-pub mod pipeline;
+pub mod telemetry;

@@ -103,7 +103,10 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Vapid(VapidCommand::Generate) => {
             let key = VapidPrivateKey::generate();
             println!("PUSHQ_VAPID_PRIVATE_KEY={}", key.to_base64url());
-            println!("public key (applicationServerKey): {}", key.public_key_base64url());
+            println!(
+                "public key (applicationServerKey): {}",
+                key.public_key_base64url()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Vapid(VapidCommand::Public) => {

@@ -18,9 +18,9 @@ use uuid::Uuid;
 
 use crate::broker::decode::decode;
 use crate::push::{DeliveryError, PushClient, PushMessage, Verdict, classify_status};
+use crate::store::StoreError;
 use crate::store::deliveries::{self, Claim, DeliveryStatus};
 use crate::store::subscriptions::{self, StoredSubscription};
-use crate::store::StoreError;
 
 /// What to do with the message that was handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,13 +151,20 @@ impl Pipeline {
             SubscriptionUnregister::Endpoint(endpoint) => {
                 subscriptions::delete_by_endpoint(&self.pool, endpoint).await?
             }
-            SubscriptionUnregister::User(user) => subscriptions::delete_by_user(&self.pool, user).await?,
+            SubscriptionUnregister::User(user) => {
+                subscriptions::delete_by_user(&self.pool, user).await?
+            }
         };
         tracing::debug!(deleted, "subscriptions unregistered");
         Ok(Outcome::Ack)
     }
 
-    async fn send(&self, event: &CloudEvent, send: &NotificationSend, received_at: DateTime<Utc>) -> Outcome {
+    async fn send(
+        &self,
+        event: &CloudEvent,
+        send: &NotificationSend,
+        received_at: DateTime<Utc>,
+    ) -> Outcome {
         let recipients = match self.resolve(&send.to).await {
             Ok(Ok(recipients)) => recipients,
             Ok(Err(refused)) => return Outcome::DeadLetter(refused),
@@ -200,7 +207,10 @@ impl Pipeline {
 
     /// The recipients of a target. A one-off subscription the endpoint policy
     /// refuses is the event's fault: `Ok(Err(dead letter reason))`.
-    async fn resolve(&self, target: &Target) -> Result<Result<Vec<Recipient>, InvalidEvent>, StoreError> {
+    async fn resolve(
+        &self,
+        target: &Target,
+    ) -> Result<Result<Vec<Recipient>, InvalidEvent>, StoreError> {
         let stored = match target {
             Target::User(user) => subscriptions::find_by_user(&self.pool, user).await?,
             Target::Tag(tag) => subscriptions::find_by_tag(&self.pool, tag).await?,
@@ -210,7 +220,10 @@ impl Pipeline {
                 .collect(),
             Target::Subscription(subscription) => {
                 if let Err(refusal) = self.push.policy().check(&subscription.endpoint) {
-                    return Ok(Err(InvalidEvent::new(InvalidKind::EndpointRefused, refusal.0)));
+                    return Ok(Err(InvalidEvent::new(
+                        InvalidKind::EndpointRefused,
+                        refusal.0,
+                    )));
                 }
                 return Ok(Ok(vec![Recipient {
                     id: one_off_id(&subscription.endpoint),
@@ -232,21 +245,33 @@ impl Pipeline {
         ttl_started: DateTime<Utc>,
         recipient: Recipient,
     ) -> Result<RecipientOutcome, StoreError> {
-        let attempt = match deliveries::claim(&self.pool, &event.id, recipient.id, self.settings.claim_lease).await? {
+        let attempt = match deliveries::claim(
+            &self.pool,
+            &event.id,
+            recipient.id,
+            self.settings.claim_lease,
+        )
+        .await?
+        {
             Claim::Granted { attempt } => attempt,
             Claim::Done(_) => return Ok(RecipientOutcome::Final),
             Claim::HeldElsewhere { remaining } => {
-                return Ok(RecipientOutcome::Requeue(remaining.min(MAX_INLINE_RETRY_DELAY)));
+                return Ok(RecipientOutcome::Requeue(
+                    remaining.min(MAX_INLINE_RETRY_DELAY),
+                ));
             }
         };
         let origin = endpoint_origin(&recipient.endpoint);
         let elapsed = u64::try_from((Utc::now() - ttl_started).num_seconds()).unwrap_or(0);
         if elapsed > u64::from(send.ttl) {
             tracing::info!(event_id = %event.id, push_service = %origin, "TTL passed before delivery; expired");
-            self.finish(event, &recipient, DeliveryStatus::Expired, None).await?;
+            self.finish(event, &recipient, DeliveryStatus::Expired, None)
+                .await?;
             return Ok(RecipientOutcome::Final);
         }
-        let remaining_ttl = send.ttl.saturating_sub(u32::try_from(elapsed).unwrap_or(u32::MAX));
+        let remaining_ttl = send
+            .ttl
+            .saturating_sub(u32::try_from(elapsed).unwrap_or(u32::MAX));
         let result = self
             .push
             .deliver(PushMessage {
@@ -261,19 +286,25 @@ impl Pipeline {
             .await;
         let (verdict, status) = match result {
             Ok(response) => (
-                classify_status(response.status, response.retry_after.as_deref(), SystemTime::now()),
+                classify_status(
+                    response.status,
+                    response.retry_after.as_deref(),
+                    SystemTime::now(),
+                ),
                 Some(response.status),
             ),
             Err(err) => (verdict_for_error(&err), None),
         };
         match verdict {
             Verdict::Delivered => {
-                self.finish(event, &recipient, DeliveryStatus::Delivered, status).await?;
+                self.finish(event, &recipient, DeliveryStatus::Delivered, status)
+                    .await?;
                 tracing::debug!(event_id = %event.id, push_service = %origin, attempt, "delivered");
                 Ok(RecipientOutcome::Final)
             }
             Verdict::Gone => {
-                self.finish(event, &recipient, DeliveryStatus::Gone, status).await?;
+                self.finish(event, &recipient, DeliveryStatus::Gone, status)
+                    .await?;
                 if recipient.stored {
                     subscriptions::delete_by_id(&self.pool, recipient.id).await?;
                 }
@@ -286,17 +317,28 @@ impl Pipeline {
                 } else {
                     tracing::warn!(event_id = %event.id, push_service = %origin, status, reason = reason.as_str(), "delivery failed");
                 }
-                self.finish(event, &recipient, DeliveryStatus::Failed, status).await?;
+                self.finish(event, &recipient, DeliveryStatus::Failed, status)
+                    .await?;
                 Ok(RecipientOutcome::Final)
             }
             Verdict::Retry { reason, after } => {
-                let retries_done = usize::try_from(attempt).unwrap_or(usize::MAX).saturating_sub(1);
+                let retries_done = usize::try_from(attempt)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(1);
                 let Some(delay) = self.settings.retry_delays.get(retries_done).copied() else {
                     tracing::warn!(event_id = %event.id, push_service = %origin, attempt, reason = reason.as_str(), "retries exhausted");
-                    self.finish(event, &recipient, DeliveryStatus::Failed, status).await?;
+                    self.finish(event, &recipient, DeliveryStatus::Failed, status)
+                        .await?;
                     return Ok(RecipientOutcome::Final);
                 };
-                deliveries::record(&self.pool, &event.id, recipient.id, DeliveryStatus::Retrying, status).await?;
+                deliveries::record(
+                    &self.pool,
+                    &event.id,
+                    recipient.id,
+                    DeliveryStatus::Retrying,
+                    status,
+                )
+                .await?;
                 let after = after.unwrap_or(delay).min(MAX_INLINE_RETRY_DELAY);
                 tracing::info!(event_id = %event.id, push_service = %origin, attempt, reason = reason.as_str(), retry_in_ms = after.as_millis() as u64, "will retry");
                 Ok(RecipientOutcome::Requeue(after))
@@ -314,8 +356,12 @@ impl Pipeline {
         deliveries::record(&self.pool, &event.id, recipient.id, status, http_status).await?;
         if recipient.stored {
             match status {
-                DeliveryStatus::Delivered => subscriptions::record_success(&self.pool, recipient.id).await?,
-                DeliveryStatus::Failed => subscriptions::record_failure(&self.pool, recipient.id).await?,
+                DeliveryStatus::Delivered => {
+                    subscriptions::record_success(&self.pool, recipient.id).await?
+                }
+                DeliveryStatus::Failed => {
+                    subscriptions::record_failure(&self.pool, recipient.id).await?
+                }
                 _ => {}
             }
         }

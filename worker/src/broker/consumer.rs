@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
@@ -87,12 +89,20 @@ pub async fn run(
 
 /// Acks only once the outcome is durable. A failure to ack or to dead-letter
 /// leaves the message unacked, so the broker redelivers it: nothing is lost.
-async fn settle(delivery: &Delivery, outcome: Outcome, publisher: &Publisher, stop: &CancellationToken) {
+async fn settle(
+    delivery: &Delivery,
+    outcome: Outcome,
+    publisher: &Publisher,
+    stop: &CancellationToken,
+) {
     let settled = match outcome {
         Outcome::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
         Outcome::DeadLetter(reason) => {
             tracing::warn!(kind = %reason.kind, error = %reason.message, "dead-lettering an event");
-            match publisher.dead_letter(&delivery.properties, &delivery.data, &reason).await {
+            match publisher
+                .dead_letter(&delivery.properties, &delivery.data, &reason)
+                .await
+            {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
                 Err(err) => {
                     tracing::error!(error = %err, "could not dead-letter; handing the message back");
@@ -109,7 +119,11 @@ async fn settle(delivery: &Delivery, outcome: Outcome, publisher: &Publisher, st
 
 /// Hands a message back after a pause, so a failing dependency is not hammered
 /// in a tight loop; on shutdown it is handed back at once.
-async fn requeue(delivery: &Delivery, after: Duration, stop: &CancellationToken) -> lapin::Result<()> {
+async fn requeue(
+    delivery: &Delivery,
+    after: Duration,
+    stop: &CancellationToken,
+) -> lapin::Result<()> {
     tokio::select! {
         () = tokio::time::sleep(after) => {}
         () = stop.cancelled() => {}

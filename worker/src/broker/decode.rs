@@ -60,19 +60,22 @@ pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<CloudEvent, I
 /// producer may reasonably send a timestamp or a number.
 fn header_text(attribute: &str, value: &AMQPValue) -> Result<String, InvalidEvent> {
     let text = match value {
-        AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).map_err(|_| {
-            InvalidEvent::new(
-                InvalidKind::NotCloudEvent,
-                format!("attribute header {attribute} is not UTF-8"),
-            )
-        })?,
+        AMQPValue::LongString(text) => {
+            String::from_utf8(text.as_bytes().to_vec()).map_err(|_| {
+                InvalidEvent::new(
+                    InvalidKind::NotCloudEvent,
+                    format!("attribute header {attribute} is not UTF-8"),
+                )
+            })?
+        }
         AMQPValue::ShortString(text) => text.as_str().to_owned(),
-        AMQPValue::Timestamp(seconds) => chrono::DateTime::from_timestamp(
-            i64::try_from(*seconds).unwrap_or(i64::MAX),
-            0,
-        )
-        .map(|time| time.to_rfc3339())
-        .ok_or_else(|| InvalidEvent::data(format!("attribute header {attribute} is out of range")))?,
+        AMQPValue::Timestamp(seconds) => {
+            chrono::DateTime::from_timestamp(i64::try_from(*seconds).unwrap_or(i64::MAX), 0)
+                .map(|time| time.to_rfc3339())
+                .ok_or_else(|| {
+                    InvalidEvent::data(format!("attribute header {attribute} is out of range"))
+                })?
+        }
         AMQPValue::Boolean(flag) => flag.to_string(),
         AMQPValue::ShortShortInt(n) => n.to_string(),
         AMQPValue::ShortShortUInt(n) => n.to_string(),
@@ -106,7 +109,10 @@ mod tests {
             ("id", "e-1"),
             ("source", "/test"),
             ("type", "pushq.notification.send"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
         ] {
             headers.insert(
                 ShortString::from(format!("{prefix}{name}")),
@@ -127,8 +133,11 @@ mod tests {
     #[test]
     fn binary_mode_with_either_prefix() {
         for prefix in ATTRIBUTE_PREFIXES {
-            let event = decode(&binary(prefix, Some("application/json")), br#"{"to":{"user":"u"}}"#)
-                .expect("decodes");
+            let event = decode(
+                &binary(prefix, Some("application/json")),
+                br#"{"to":{"user":"u"}}"#,
+            )
+            .expect("decodes");
             assert_eq!(event.id, "e-1");
             assert_eq!(event.event_type, "pushq.notification.send");
             assert_eq!(event.time.map(|t| t.timestamp()), Some(1_700_000_000));
@@ -151,7 +160,10 @@ mod tests {
             decode(properties, body).expect_err("refused").kind
         };
         assert_eq!(
-            kind(&BasicProperties::default().with_content_type("text/plain".into()), b"hi"),
+            kind(
+                &BasicProperties::default().with_content_type("text/plain".into()),
+                b"hi"
+            ),
             InvalidKind::NotCloudEvent
         );
         assert_eq!(
@@ -159,7 +171,10 @@ mod tests {
             InvalidKind::InvalidJson
         );
         assert_eq!(
-            kind(&binary("cloudEvents_", Some("application/octet-stream")), b"\x00\x01"),
+            kind(
+                &binary("cloudEvents_", Some("application/octet-stream")),
+                b"\x00\x01"
+            ),
             InvalidKind::InvalidData
         );
         let mut headers = FieldTable::default();

@@ -19,7 +19,10 @@ pub enum BrokerError {
     #[error("the broker refused (nacked) a message published to {routing_key}")]
     Nacked { routing_key: String },
     #[error("no queue is bound for routing key {routing_key} on exchange {exchange:?}")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("the consumer of {queue} was closed by the broker")]
     ConsumerClosed { queue: String },
 }

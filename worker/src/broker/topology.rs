@@ -54,7 +54,12 @@ async fn declare_queue(
         .map_err(amqp_error("declaring a queue"))
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), BrokerError> {
     channel
         .queue_bind(
             queue.into(),

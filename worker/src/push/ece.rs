@@ -144,9 +144,9 @@ fn hkdf_expand<const N: usize>(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; N] 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pushq_schemas::keys::BASE64URL_LENIENT;
     use base64::Engine;
     use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use pushq_schemas::keys::BASE64URL_LENIENT;
 
     fn b64(value: &serde_json::Value) -> Vec<u8> {
         BASE64URL_LENIENT
@@ -159,14 +159,14 @@ mod tests {
     /// everything after the shared secret is the production path.
     #[test]
     fn reproduces_rfc8291_appendix_a() {
-        let vector: serde_json::Value = serde_json::from_str(include_str!(
-            "../../testdata/rfc8291-appendix-a.json"
-        ))
-        .expect("vector json");
+        let vector: serde_json::Value =
+            serde_json::from_str(include_str!("../../testdata/rfc8291-appendix-a.json"))
+                .expect("vector json");
         let as_private = p256::SecretKey::from_slice(&b64(&vector["as_private"])).expect("key");
         let ua_public_bytes: [u8; 65] = b64(&vector["ua_public"]).try_into().expect("65 bytes");
         let ua_public = p256::PublicKey::from_sec1_bytes(&ua_public_bytes).expect("point");
-        let shared = p256::ecdh::diffie_hellman(as_private.to_nonzero_scalar(), ua_public.as_affine());
+        let shared =
+            p256::ecdh::diffie_hellman(as_private.to_nonzero_scalar(), ua_public.as_affine());
         let as_public: [u8; 65] = as_private
             .public_key()
             .to_encoded_point(false)

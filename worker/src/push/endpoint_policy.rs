@@ -55,7 +55,10 @@ impl EndpointPolicy {
                 ),
                 None => (entry, PortRule::SchemeDefault),
             };
-            let host = host.trim_start_matches("*.").trim_matches('.').to_ascii_lowercase();
+            let host = host
+                .trim_start_matches("*.")
+                .trim_matches('.')
+                .to_ascii_lowercase();
             if host.is_empty() || host.contains(['/', '@', ' ']) {
                 return Err(format!("entry {entry:?} is not a host name"));
             }

@@ -6,12 +6,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::DecodePrivateKey;
 use pushq_schemas::keys::{BASE64URL_LENIENT, base64url};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use base64::Engine;
 
 /// RFC 8292 allows at most 24 h; 12 h leaves room for clock skew at the push service.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -127,7 +127,10 @@ impl VapidSigner {
     /// cache while the token has more than [`REFRESH_MARGIN`] left.
     pub fn authorization(&self, origin: &str) -> Result<Arc<str>, VapidKeyError> {
         let now = SystemTime::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(cached) = cache.get(origin)
             && cached.expires_at > now + REFRESH_MARGIN
         {
@@ -179,9 +182,15 @@ mod tests {
     fn tokens_are_cached_per_origin() {
         let signer = VapidSigner::new(&VapidPrivateKey::generate(), "mailto:ops@example.com")
             .expect("signer");
-        let a = signer.authorization("https://fcm.googleapis.com").expect("signs");
-        let again = signer.authorization("https://fcm.googleapis.com").expect("signs");
-        let b = signer.authorization("https://web.push.apple.com").expect("signs");
+        let a = signer
+            .authorization("https://fcm.googleapis.com")
+            .expect("signs");
+        let again = signer
+            .authorization("https://fcm.googleapis.com")
+            .expect("signs");
+        let b = signer
+            .authorization("https://web.push.apple.com")
+            .expect("signs");
         assert!(Arc::ptr_eq(&a, &again));
         assert_ne!(a, b);
         assert!(a.starts_with("vapid t="));

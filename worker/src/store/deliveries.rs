@@ -47,7 +47,10 @@ impl DeliveryStatus {
 
     /// Final statuses are never sent again.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Delivered | Self::Failed | Self::Gone | Self::Expired)
+        matches!(
+            self,
+            Self::Delivered | Self::Failed | Self::Gone | Self::Expired
+        )
     }
 }
 

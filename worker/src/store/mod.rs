@@ -51,7 +51,10 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
         .map_err(db_error("looking up the database"))?;
     if exists.is_none() {
         let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+        if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+        {
             let lost_race = err
                 .as_database_error()
                 .and_then(|db| db.code())

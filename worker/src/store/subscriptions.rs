@@ -24,7 +24,10 @@ impl std::fmt::Debug for StoredSubscription {
         f.debug_struct("StoredSubscription")
             .field("id", &self.id)
             .field("user_id", &self.user_id)
-            .field("origin", &pushq_schemas::data::endpoint_origin(&self.endpoint))
+            .field(
+                "origin",
+                &pushq_schemas::data::endpoint_origin(&self.endpoint),
+            )
             .field("tags", &self.tags)
             .finish_non_exhaustive()
     }
@@ -93,7 +96,10 @@ pub async fn delete_by_id(pool: &PgPool, id: Uuid) -> Result<u64, StoreError> {
 }
 
 /// Live (unexpired) subscriptions of a user.
-pub async fn find_by_user(pool: &PgPool, user: &str) -> Result<Vec<StoredSubscription>, StoreError> {
+pub async fn find_by_user(
+    pool: &PgPool,
+    user: &str,
+) -> Result<Vec<StoredSubscription>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM subscriptions
          WHERE user_id = $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
@@ -164,12 +170,14 @@ pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
 }
 
 pub async fn record_failure(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(drop)
-        .map_err(db_error("recording a failure"))
+    sqlx::query(
+        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(drop)
+    .map_err(db_error("recording a failure"))
 }
 
 /// Subscriptions whose user id starts with `prefix` (the demo's own users).

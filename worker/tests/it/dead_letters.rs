@@ -26,41 +26,81 @@ async fn each_invalid_event_is_dead_lettered_with_its_reason_and_good_ones_flow_
     let send = "pushq.notification.send";
     let mut custom = binary_properties(
         "cloudEvents_",
-        &[("specversion", "1.0"), ("id", "x"), ("source", "/t"), ("type", send)],
+        &[
+            ("specversion", "1.0"),
+            ("id", "x"),
+            ("source", "/t"),
+            ("type", send),
+        ],
         Some("application/json"),
     );
     let mut headers = custom.headers().clone().unwrap_or_default();
-    headers.insert(ShortString::from("x-custom"), AMQPValue::LongString(LongString::from("kept")));
+    headers.insert(
+        ShortString::from("x-custom"),
+        AMQPValue::LongString(LongString::from("kept")),
+    );
     custom = custom.with_headers(headers);
 
     let cases: Vec<(&str, &str, BasicProperties, Vec<u8>)> = vec![
-        ("not_cloudevent", send, BasicProperties::default().with_content_type("text/plain".into()), b"hello".to_vec()),
-        ("invalid_json", send, structured_properties(), b"{not json".to_vec()),
+        (
+            "not_cloudevent",
+            send,
+            BasicProperties::default().with_content_type("text/plain".into()),
+            b"hello".to_vec(),
+        ),
+        (
+            "invalid_json",
+            send,
+            structured_properties(),
+            b"{not json".to_vec(),
+        ),
         (
             "missing_attribute",
             send,
             structured_properties(),
-            json!({"specversion": "1.0", "id": "1", "type": send, "data": {}}).to_string().into_bytes(),
+            json!({"specversion": "1.0", "id": "1", "type": send, "data": {}})
+                .to_string()
+                .into_bytes(),
         ),
         (
             "bad_specversion",
             send,
             structured_properties(),
-            json!({"specversion": "0.3", "id": "1", "source": "/t", "type": send}).to_string().into_bytes(),
+            json!({"specversion": "0.3", "id": "1", "source": "/t", "type": send})
+                .to_string()
+                .into_bytes(),
         ),
         (
             "unknown_type",
             "pushq.notification.schedule",
             structured_properties(),
-            structured("pushq.notification.schedule", json!({"to": {"user": "kim"}})),
+            structured(
+                "pushq.notification.schedule",
+                json!({"to": {"user": "kim"}}),
+            ),
         ),
-        ("invalid_data", send, custom, json!({"to": {"user": "kim"}, "ttl": -1}).to_string().into_bytes()),
-        ("unknown_target", send, structured_properties(), structured(send, json!({"to": {"group": "admins"}}))),
+        (
+            "invalid_data",
+            send,
+            custom,
+            json!({"to": {"user": "kim"}, "ttl": -1})
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "unknown_target",
+            send,
+            structured_properties(),
+            structured(send, json!({"to": {"group": "admins"}})),
+        ),
         (
             "payload_too_large",
             send,
             structured_properties(),
-            structured(send, json!({"to": {"user": "kim"}, "payload": "x".repeat(3994)})),
+            structured(
+                send,
+                json!({"to": {"user": "kim"}, "payload": "x".repeat(3994)}),
+            ),
         ),
         (
             "endpoint_refused",
@@ -84,7 +124,10 @@ async fn each_invalid_event_is_dead_lettered_with_its_reason_and_good_ones_flow_
             "invalid_data",
             "pushq.subscription.unregister",
             structured_properties(),
-            structured("pushq.subscription.unregister", json!({"user": "kim", "endpoint": browser.endpoint})),
+            structured(
+                "pushq.subscription.unregister",
+                json!({"user": "kim", "endpoint": browser.endpoint}),
+            ),
         ),
     ];
     for (_, routing_key, properties, body) in &cases {
@@ -92,7 +135,11 @@ async fn each_invalid_event_is_dead_lettered_with_its_reason_and_good_ones_flow_
     }
     app.producer.send(&good("after")).await.expect("published");
 
-    let received = app.fake.wait_for_received(2, WAIT).await.expect("good events delivered");
+    let received = app
+        .fake
+        .wait_for_received(2, WAIT)
+        .await
+        .expect("good events delivered");
     let mut texts: Vec<String> = received.iter().map(|push| push.text()).collect();
     texts.sort();
     assert_eq!(texts, ["after", "before"]);

@@ -20,17 +20,28 @@ async fn a_notification_from_the_sdk_reaches_the_browser_decrypted_and_signed() 
     send.topic = Some("order-42".into());
     app.producer.send(&send).await.expect("published");
 
-    let received = app.fake.wait_for_received(1, WAIT).await.expect("delivered");
+    let received = app
+        .fake
+        .wait_for_received(1, WAIT)
+        .await
+        .expect("delivered");
     let push = &received[0];
     assert_eq!(push.subscription_id, browser.id);
     // Compact JSON with the producer's key order is what the browser sees.
-    assert_eq!(push.text(), r#"{"title":"Your order shipped","body":"Arrives Tuesday","n":[1,2]}"#);
+    assert_eq!(
+        push.text(),
+        r#"{"title":"Your order shipped","body":"Arrives Tuesday","n":[1,2]}"#
+    );
     assert!(push.ttl <= 3600 && push.ttl >= 3590, "ttl {}", push.ttl);
     assert_eq!(push.urgency.as_deref(), Some("high"));
     assert_eq!(push.topic.as_deref(), Some("order-42"));
     assert_eq!(push.vapid_subject, crate::helpers::SUBJECT);
     assert_eq!(push.vapid_key, app.vapid.public_key_base64url());
-    assert!(app.fake.rejections().is_empty(), "{:?}", app.fake.rejections());
+    assert!(
+        app.fake.rejections().is_empty(),
+        "{:?}",
+        app.fake.rejections()
+    );
     app.stop().await;
 }
 
@@ -53,8 +64,12 @@ async fn binary_mode_is_read_with_either_header_prefix_and_structured_with_param
             Some("application/json"),
         );
         let body = json!({"to": {"user": "bob"}, "payload": format!("binary {i}"), "ttl": 60});
-        app.publish_raw("pushq.notification.send", properties, body.to_string().as_bytes())
-            .await;
+        app.publish_raw(
+            "pushq.notification.send",
+            properties,
+            body.to_string().as_bytes(),
+        )
+        .await;
     }
     let structured = json!({
         "specversion": "1.0", "id": new_id(), "source": "/other-language",
@@ -63,12 +78,17 @@ async fn binary_mode_is_read_with_either_header_prefix_and_structured_with_param
     });
     app.publish_raw(
         "pushq.notification.send",
-        structured_properties().with_content_type("application/cloudevents+json; charset=utf-8".into()),
+        structured_properties()
+            .with_content_type("application/cloudevents+json; charset=utf-8".into()),
         structured.to_string().as_bytes(),
     )
     .await;
 
-    let received = app.fake.wait_for_received(3, WAIT).await.expect("delivered");
+    let received = app
+        .fake
+        .wait_for_received(3, WAIT)
+        .await
+        .expect("delivered");
     let mut texts: Vec<String> = received.iter().map(|push| push.text()).collect();
     texts.sort();
     assert_eq!(texts, ["binary 0", "binary 1", "structured"]);
@@ -89,9 +109,15 @@ async fn every_target_kind_reaches_exactly_its_subscriptions() {
     let sends = [
         (Target::User("carol".into()), json!("to carol")),
         (Target::Tag("news".into()), json!("news")),
-        (Target::Endpoint(laptop.endpoint.clone()), json!("to the laptop")),
         (
-            Target::Subscription(serde_json::from_value::<PushSubscription>(one_off.to_json()).expect("subscription")),
+            Target::Endpoint(laptop.endpoint.clone()),
+            json!("to the laptop"),
+        ),
+        (
+            Target::Subscription(
+                serde_json::from_value::<PushSubscription>(one_off.to_json())
+                    .expect("subscription"),
+            ),
             json!({"one": "off"}),
         ),
     ];
@@ -107,9 +133,17 @@ async fn every_target_kind_reaches_exactly_its_subscriptions() {
         .await
         .expect("published");
 
-    app.fake.wait_for_received(7, WAIT).await.expect("all delivered");
+    app.fake
+        .wait_for_received(7, WAIT)
+        .await
+        .expect("all delivered");
     let texts = |browser| {
-        let mut texts: Vec<String> = app.fake.received_by(browser).iter().map(|p| p.text()).collect();
+        let mut texts: Vec<String> = app
+            .fake
+            .received_by(browser)
+            .iter()
+            .map(|p| p.text())
+            .collect();
         texts.sort();
         texts
     };
@@ -137,17 +171,27 @@ async fn a_redelivered_event_is_not_sent_twice_and_an_unmatched_target_is_skippe
         "data": {"to": {"user": "erin"}, "payload": "once"},
     });
     for _ in 0..2 {
-        app.publish_raw("pushq.notification.send", structured_properties(), event.to_string().as_bytes())
-            .await;
+        app.publish_raw(
+            "pushq.notification.send",
+            structured_properties(),
+            event.to_string().as_bytes(),
+        )
+        .await;
     }
     app.producer
-        .send(&NotificationSend::new(Target::User("nobody".into()), Some(json!("lost"))))
+        .send(&NotificationSend::new(
+            Target::User("nobody".into()),
+            Some(json!("lost")),
+        ))
         .await
         .expect("published");
     let marker = NotificationSend::new(Target::User("erin".into()), Some(json!("marker")));
     app.producer.send(&marker).await.expect("published");
 
-    app.fake.wait_for_received(2, WAIT).await.expect("delivered");
+    app.fake
+        .wait_for_received(2, WAIT)
+        .await
+        .expect("delivered");
     // Both copies and the skipped event are settled before the marker, as the
     // queue is consumed in order; wait for the queue to drain anyway.
     app.wait_until("the jobs are settled", || async {
@@ -159,7 +203,11 @@ async fn a_redelivered_event_is_not_sent_twice_and_an_unmatched_target_is_skippe
     })
     .await;
     let texts: Vec<String> = app.fake.received().iter().map(|p| p.text()).collect();
-    assert_eq!(texts.iter().filter(|t| *t == "once").count(), 1, "{texts:?}");
+    assert_eq!(
+        texts.iter().filter(|t| *t == "once").count(),
+        1,
+        "{texts:?}"
+    );
     assert!(!texts.contains(&"lost".to_owned()));
     app.stop().await;
 }

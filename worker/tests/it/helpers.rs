@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use pushq_fake_push::{BrowserSubscription, FakePushService};
@@ -22,7 +24,8 @@ pub const SUBJECT: &str = "mailto:tests@pushq.example";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 fn postgres_base() -> String {
-    std::env::var("PUSHQ_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("PUSHQ_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub struct TestApp {
@@ -39,7 +42,10 @@ pub struct TestApp {
 }
 
 fn unique(label: &str) -> String {
-    format!("{label}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{label}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 impl TestApp {
@@ -51,10 +57,15 @@ impl TestApp {
     pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
         let database = unique("pushq_test_");
         let prefix = unique("pushq-test-");
-        let fake = FakePushService::start().await.expect("fake push service starts");
+        let fake = FakePushService::start()
+            .await
+            .expect("fake push service starts");
         let mut vars: HashMap<String, String> = HashMap::from([
             ("PUSHQ_AMQP_URL".into(), AMQP_URL.into()),
-            ("PUSHQ_DATABASE_URL".into(), format!("{}/{database}", postgres_base())),
+            (
+                "PUSHQ_DATABASE_URL".into(),
+                format!("{}/{database}", postgres_base()),
+            ),
             ("PUSHQ_TOPOLOGY_PREFIX".into(), prefix.clone()),
             ("PUSHQ_ENDPOINT_HOSTS".into(), fake.host_entry()),
             ("PUSHQ_ALLOW_HTTP".into(), "true".into()),
@@ -66,7 +77,8 @@ impl TestApp {
         for (name, value) in overrides {
             vars.insert((*name).into(), (*value).into());
         }
-        let settings = Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");
+        let settings =
+            Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");
         let topology = settings.topology.clone();
         let vapid = VapidPrivateKey::generate();
         let app = App::build_with_vapid(settings, &vapid, SUBJECT)
@@ -87,7 +99,9 @@ impl TestApp {
             .await
             .expect("raw connection");
         let raw = raw_connection.create_channel().await.expect("raw channel");
-        raw.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        raw.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
         Self {
             fake,
             producer,
@@ -104,7 +118,8 @@ impl TestApp {
 
     /// A browser subscribed with this worker's VAPID key.
     pub fn browser(&self) -> BrowserSubscription {
-        self.fake.subscribe_with_key(&self.vapid.public_key_base64url())
+        self.fake
+            .subscribe_with_key(&self.vapid.public_key_base64url())
     }
 
     /// Registers through the SDK and waits until the worker stored it.
@@ -124,13 +139,15 @@ impl TestApp {
             let pool = self.pool.clone();
             let endpoint = endpoint.clone();
             async move {
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM subscriptions WHERE endpoint = $1 AND user_id = $2")
-                    .bind(endpoint)
-                    .bind(user)
-                    .fetch_one(&pool)
-                    .await
-                    .map(|n| n == 1)
-                    .unwrap_or(false)
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM subscriptions WHERE endpoint = $1 AND user_id = $2",
+                )
+                .bind(endpoint)
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+                .map(|n| n == 1)
+                .unwrap_or(false)
             }
         })
         .await;
@@ -172,7 +189,10 @@ impl TestApp {
             .await
             .expect("confirm");
         assert!(confirm.is_ack());
-        assert!(confirm.take_message().is_none(), "{routing_key} was unroutable");
+        assert!(
+            confirm.take_message().is_none(),
+            "{routing_key} was unroutable"
+        );
     }
 
     /// Waits for `count` dead letters and returns (kind, error, body, headers).
@@ -191,12 +211,16 @@ impl TestApp {
         while letters.len() < count {
             let delivery = tokio::time::timeout(WAIT, consumer.next())
                 .await
-                .unwrap_or_else(|_| panic!("only {} of {count} dead letters arrived", letters.len()))
+                .unwrap_or_else(|_| {
+                    panic!("only {} of {count} dead letters arrived", letters.len())
+                })
                 .expect("consumer open")
                 .expect("delivery");
             let headers = delivery.properties.headers().clone().unwrap_or_default();
             let text = |name: &str| match headers.inner().get(name) {
-                Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                Some(AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
                 _ => String::new(),
             };
             letters.push(DeadLetter {
@@ -247,7 +271,11 @@ pub struct DeadLetter {
 }
 
 /// Binary-mode properties: attributes as `{prefix}{name}` headers.
-pub fn binary_properties(prefix: &str, attributes: &[(&str, &str)], content_type: Option<&str>) -> BasicProperties {
+pub fn binary_properties(
+    prefix: &str,
+    attributes: &[(&str, &str)],
+    content_type: Option<&str>,
+) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in attributes {
         headers.insert(

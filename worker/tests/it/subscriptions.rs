@@ -22,11 +22,12 @@ async fn register_upserts_by_endpoint_and_unregister_removes() {
     app.register(&second, "grace", &[]).await;
     app.register(&third, "heidi", &[]).await;
     assert_eq!(users(&app).await, ["grace", "grace", "heidi"]);
-    let tags: Vec<String> = sqlx::query_scalar("SELECT unnest(tags) FROM subscriptions WHERE endpoint = $1")
-        .bind(&shared_device.endpoint)
-        .fetch_all(&app.pool)
-        .await
-        .expect("tags");
+    let tags: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(tags) FROM subscriptions WHERE endpoint = $1")
+            .bind(&shared_device.endpoint)
+            .fetch_all(&app.pool)
+            .await
+            .expect("tags");
     assert_eq!(tags, ["b"]);
 
     app.producer
@@ -37,7 +38,9 @@ async fn register_upserts_by_endpoint_and_unregister_removes() {
         .unregister(&SubscriptionUnregister::User("grace".into()))
         .await
         .expect("published");
-    app.wait_until("both unregistrations are applied", || async { users(&app).await.is_empty() })
-        .await;
+    app.wait_until("both unregistrations are applied", || async {
+        users(&app).await.is_empty()
+    })
+    .await;
     app.stop().await;
 }

@@ -11,16 +11,25 @@ use crate::helpers::{TestApp, WAIT};
 async fn a_foreign_vapid_key_is_refused_and_recorded_as_failed() {
     let app = TestApp::spawn().await;
     let other_server = VapidPrivateKey::generate();
-    let foreign = app.fake.subscribe_with_key(&other_server.public_key_base64url());
+    let foreign = app
+        .fake
+        .subscribe_with_key(&other_server.public_key_base64url());
     let ours = app.browser();
     app.register(&foreign, "ivan", &[]).await;
     app.register(&ours, "ivan", &[]).await;
 
     app.producer
-        .send(&NotificationSend::new(Target::User("ivan".into()), Some(json!("hi"))))
+        .send(&NotificationSend::new(
+            Target::User("ivan".into()),
+            Some(json!("hi")),
+        ))
         .await
         .expect("published");
-    let received = app.fake.wait_for_received(1, WAIT).await.expect("ours delivered");
+    let received = app
+        .fake
+        .wait_for_received(1, WAIT)
+        .await
+        .expect("ours delivered");
     assert_eq!(received[0].subscription_id, ours.id);
     app.wait_until("the refusal is recorded", || async {
         sqlx::query_scalar::<_, i64>(
@@ -51,7 +60,10 @@ async fn a_gone_subscription_is_deleted() {
     app.register(&browser, "judy", &[]).await;
     app.fake.unsubscribe(&browser);
     app.producer
-        .send(&NotificationSend::new(Target::User("judy".into()), Some(json!("bye"))))
+        .send(&NotificationSend::new(
+            Target::User("judy".into()),
+            Some(json!("bye")),
+        ))
         .await
         .expect("published");
     app.wait_until("the gone subscription is deleted", || async {

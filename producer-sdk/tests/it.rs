@@ -1,0 +1,228 @@
+//! The SDK against the real broker: invalid events never leave the process,
+//! valid ones arrive confirmed, unroutable ones are errors.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use pushq_producer::{
+    InvalidKind, NotificationSend, Producer, PublishError, PushSubscription, SubscriptionKeys,
+    SubscriptionRegister, Target, Topology,
+};
+use serde_json::json;
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// A real P-256 point and auth secret (RFC 8291 Appendix A's browser keys).
+const P256DH: &str =
+    "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+fn subscription(endpoint: &str, p256dh: &str, auth: &str) -> PushSubscription {
+    PushSubscription {
+        endpoint: endpoint.into(),
+        expiration_time: None,
+        keys: SubscriptionKeys {
+            p256dh: p256dh.into(),
+            auth: auth.into(),
+        },
+    }
+}
+
+struct Broker {
+    connection: Connection,
+    channel: Channel,
+    topology: Topology,
+    queue: String,
+}
+
+/// A producer topology with one queue bound to everything, to see what arrives.
+async fn broker_with_probe_queue() -> Broker {
+    let prefix = format!(
+        "pushq-sdk-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let topology = Topology::new(prefix).expect("prefix");
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("is RabbitMQ running?");
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = format!("{}.probe", topology.prefix());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("probe queue");
+    Broker {
+        connection,
+        channel,
+        topology,
+        queue,
+    }
+}
+
+impl Broker {
+    async fn bind_probe(&self) {
+        self.channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.topology.exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
+    async fn drain(&self) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            events.push(serde_json::from_slice(&message.delivery.data).expect("structured JSON"));
+        }
+        events
+    }
+
+    async fn cleanup(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.topology.exchange().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+fn invalid_kind(result: Result<String, PublishError>) -> InvalidKind {
+    match result {
+        Err(PublishError::Invalid { source, .. }) => source.kind,
+        other => panic!("expected an invalid event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_events_are_refused_before_publishing_and_valid_ones_arrive() {
+    let broker = broker_with_probe_queue().await;
+    let producer = Producer::connect(AMQP_URL, broker.topology.clone(), "/sdk-test")
+        .await
+        .expect("connects");
+    broker.bind_probe().await;
+
+    let to_user = || Target::User("u1".into());
+    let mut too_large = NotificationSend::new(to_user(), Some(json!("x".repeat(3994))));
+    assert_eq!(
+        invalid_kind(producer.send(&too_large).await),
+        InvalidKind::PayloadTooLarge
+    );
+    // Encoded size counts: 1997 two-byte characters plus quotes and braces.
+    too_large.payload = Some(json!({"t": "é".repeat(1997)}));
+    assert_eq!(
+        invalid_kind(producer.send(&too_large).await),
+        InvalidKind::PayloadTooLarge
+    );
+
+    let mut bad_ttl = NotificationSend::new(to_user(), None);
+    bad_ttl.ttl = 2_419_201;
+    assert_eq!(
+        invalid_kind(producer.send(&bad_ttl).await),
+        InvalidKind::InvalidData
+    );
+    let mut bad_topic = NotificationSend::new(to_user(), None);
+    bad_topic.topic = Some("not a topic!".into());
+    assert_eq!(
+        invalid_kind(producer.send(&bad_topic).await),
+        InvalidKind::InvalidData
+    );
+    let empty_user = NotificationSend::new(Target::User(String::new()), None);
+    assert_eq!(
+        invalid_kind(producer.send(&empty_user).await),
+        InvalidKind::InvalidData
+    );
+
+    let off_curve = format!("{}A{}", &P256DH[..40], &P256DH[41..]);
+    for (endpoint, p256dh, auth) in [
+        (
+            "https://fcm.googleapis.com/fcm/send/x",
+            off_curve.as_str(),
+            AUTH,
+        ),
+        ("https://fcm.googleapis.com/fcm/send/x", P256DH, "c2hvcnQ"),
+        ("fcm.googleapis.com/fcm/send/x", P256DH, AUTH),
+        ("https://user:pw@fcm.googleapis.com/x", P256DH, AUTH),
+    ] {
+        let register = SubscriptionRegister {
+            user: "u1".into(),
+            subscription: subscription(endpoint, p256dh, auth),
+            tags: vec![],
+        };
+        assert_eq!(
+            invalid_kind(producer.register(&register).await),
+            InvalidKind::InvalidData
+        );
+    }
+    assert!(
+        broker.drain().await.is_empty(),
+        "an invalid event was published"
+    );
+
+    let mut largest = NotificationSend::new(to_user(), Some(json!("x".repeat(3993))));
+    largest.ttl = 60;
+    let id = producer
+        .send(&largest)
+        .await
+        .expect("the largest payload is valid");
+    let valid = SubscriptionRegister {
+        user: "u1".into(),
+        subscription: subscription("https://fcm.googleapis.com/fcm/send/x", P256DH, AUTH),
+        tags: vec!["news".into()],
+    };
+    producer.register(&valid).await.expect("valid registration");
+    let events = broker.drain().await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["id"], id.as_str());
+    assert_eq!(events[0]["specversion"], "1.0");
+    assert_eq!(events[0]["type"], "pushq.notification.send");
+    assert_eq!(events[0]["source"], "/sdk-test");
+    assert_eq!(events[0]["data"]["ttl"], 60);
+    assert_eq!(events[1]["type"], "pushq.subscription.register");
+
+    producer.close().await.expect("closes");
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_no_queue_takes_is_an_error_not_a_silent_loss() {
+    let broker = broker_with_probe_queue().await;
+    let producer = Producer::connect(AMQP_URL, broker.topology.clone(), "/sdk-test")
+        .await
+        .expect("connects");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        producer.send(&NotificationSend::new(Target::Tag("all".into()), None)),
+    )
+    .await
+    .expect("the confirm arrives");
+    assert!(
+        matches!(result, Err(PublishError::Unroutable { .. })),
+        "{result:?}"
+    );
+    producer.close().await.expect("closes");
+    broker.cleanup().await;
+}
