@@ -23,7 +23,7 @@ pub const SUBJECT: &str = "mailto:tests@pushq.example";
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-fn postgres_base() -> String {
+pub fn postgres_base() -> String {
     std::env::var("PUSHQ_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
@@ -249,17 +249,20 @@ impl TestApp {
         pushq_worker::demo::delete_topology(AMQP_URL, &self.topology)
             .await
             .expect("topology deleted");
-        let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
-            .await
-            .expect("admin connection");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("database dropped");
+        drop_database(&self.database).await;
     }
+}
+
+pub async fn drop_database(database: &str) {
+    let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .expect("admin connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("database dropped");
 }
 
 #[derive(Debug, Clone)]

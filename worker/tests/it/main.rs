@@ -5,6 +5,7 @@
 
 mod dead_letters;
 mod delivery;
+mod demo;
 mod helpers;
 mod subscriptions;
 mod vapid;
