@@ -5,6 +5,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod pipeline;
 pub mod push;
 pub mod store;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pushq_worker::app::{self, App, Exit};
 use pushq_worker::config::Settings;
@@ -32,6 +33,8 @@ enum Command {
     /// Stored subscriptions.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// Exit 0 if the worker at PUSHQ_HTTP_ADDR is ready (for container health checks).
+    Probe,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
 async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => {
+            let settings_http_addr = settings.http_addr;
             let app = match App::build(settings).await {
                 Ok(app) => app,
                 Err(app::BuildError::Config(err)) => {
@@ -90,6 +94,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
+            pushq_worker::http::serve(settings_http_addr, app.ready(), shutdown.clone())
+                .await
+                .with_context(|| format!("while binding PUSHQ_HTTP_ADDR {settings_http_addr}"))?;
             Ok(match app.run(shutdown).await {
                 Exit::Clean => ExitCode::SUCCESS,
                 Exit::GraceExceeded => ExitCode::FAILURE,
@@ -129,6 +136,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 ExitCode::FAILURE
             })
         }
+        Command::Probe => Ok(match pushq_worker::http::probe(settings.http_addr).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                eprintln!("pushq-worker: not ready: {why}");
+                ExitCode::FAILURE
+            }
+        }),
         Command::Subscriptions(SubscriptionsCommand::List { limit }) => {
             let pool = store::connect(settings.database_url(), 1).await?;
             println!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");

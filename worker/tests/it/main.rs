@@ -3,6 +3,7 @@
 //! and verifies as a browser and a push service would, and a worker running
 //! in-process.
 
+mod compose;
 mod dead_letters;
 mod delivery;
 mod demo;
