@@ -56,6 +56,9 @@ impl Default for PipelineSettings {
 
 /// A pause before handing back a message whose dependency failed.
 const DEPENDENCY_BACKOFF: Duration = Duration::from_secs(1);
+/// How long after its creation an event with no matching subscription is
+/// looked up again (see [`Pipeline::resolve_after_settling`]).
+pub const REGISTRATION_SETTLE: Duration = Duration::from_secs(2);
 /// Until retries go through delay queues, a retry is a requeue after at most this.
 const MAX_INLINE_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -175,12 +178,25 @@ impl Pipeline {
                 };
             }
         };
+        let ttl_started = event.time.unwrap_or(received_at);
+        let recipients = if recipients.is_empty() && !matches!(send.to, Target::Subscription(_)) {
+            match self.resolve_after_settling(&send.to, ttl_started).await {
+                Ok(recipients) => recipients,
+                Err(err) => {
+                    tracing::warn!(event_id = %event.id, error = %err, "resolving targets failed; the event goes back to the queue");
+                    return Outcome::Requeue {
+                        after: DEPENDENCY_BACKOFF,
+                    };
+                }
+            }
+        } else {
+            recipients
+        };
         if recipients.is_empty() {
             tracing::info!(event_id = %event.id, target = send.to.kind(), "no subscription matches; skipped");
             return Outcome::Ack;
         }
         let payload = send.payload_bytes();
-        let ttl_started = event.time.unwrap_or(received_at);
         let outcomes: Vec<Result<RecipientOutcome, StoreError>> = stream::iter(recipients)
             .map(|recipient| self.deliver(event, send, &payload, ttl_started, recipient))
             .buffer_unordered(self.settings.fanout_concurrency.max(1))
@@ -203,6 +219,26 @@ impl Pipeline {
             None => Outcome::Ack,
             Some(after) => Outcome::Requeue { after },
         }
+    }
+
+    /// A service that registers a subscription and sends to it right away
+    /// publishes to two queues that are consumed concurrently, so the send may
+    /// be handled before the registration is stored. A young event whose stored
+    /// target matches nothing is looked up once more when it is
+    /// [`REGISTRATION_SETTLE`] old, instead of being skipped at once.
+    async fn resolve_after_settling(
+        &self,
+        target: &Target,
+        ttl_started: DateTime<Utc>,
+    ) -> Result<Vec<Recipient>, StoreError> {
+        let age = (Utc::now() - ttl_started)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let Some(wait) = REGISTRATION_SETTLE.checked_sub(age) else {
+            return Ok(Vec::new());
+        };
+        tokio::time::sleep(wait).await;
+        Ok(self.resolve(target).await?.unwrap_or_default())
     }
 
     /// The recipients of a target. A one-off subscription the endpoint policy

@@ -211,3 +211,34 @@ async fn a_redelivered_event_is_not_sent_twice_and_an_unmatched_target_is_skippe
     assert!(!texts.contains(&"lost".to_owned()));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_right_after_its_registration_is_delivered() {
+    let app = TestApp::spawn().await;
+    for i in 0..5 {
+        let browser = app.browser();
+        let subscription: PushSubscription =
+            serde_json::from_value(browser.to_json()).expect("subscription");
+        let user = format!("fresh-{i}");
+        app.producer
+            .register(&pushq_producer::SubscriptionRegister {
+                user: user.clone(),
+                subscription,
+                tags: vec![],
+            })
+            .await
+            .expect("registered");
+        // No wait: the two events travel through different queues.
+        app.producer
+            .send(&NotificationSend::new(Target::User(user), Some(json!(i))))
+            .await
+            .expect("sent");
+    }
+    let received = app
+        .fake
+        .wait_for_received(5, WAIT)
+        .await
+        .expect("all delivered");
+    assert_eq!(received.len(), 5);
+    app.stop().await;
+}
