@@ -8,3 +8,7 @@ pub const NOTIFICATION_SEND: &str = "pushq.notification.send";
 pub const NOTIFICATION_BINDING: &str = "pushq.notification.*";
 /// Binding key of the subscriptions queue on the producer exchange.
 pub const SUBSCRIPTION_BINDING: &str = "pushq.subscription.*";
+
+/// Internal: a delivery waiting for its next attempt, back from a delay queue.
+/// Never published to the producer exchange; not part of the producer contract.
+pub const INTERNAL_RETRY: &str = "pushq.internal.retry";

@@ -16,9 +16,10 @@ use tokio_util::task::TaskTracker;
 use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError, consumer, topology};
 use crate::config::{ConfigError, Settings};
-use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::pipeline::{Pipeline, PipelineSettings, Source};
 use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
-use crate::store::{self, StoreError};
+use crate::retry::RetrySchedule;
+use crate::store::{self, StoreError, subscriptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -71,19 +72,26 @@ impl App {
             &HttpSettings::default(),
         )
         .map_err(BuildError::Http)?;
+        let consumer_tag = format!("pushq-worker-{}", uuid::Uuid::new_v4().simple());
         let pipeline = Pipeline::new(
             pool,
             push,
             PipelineSettings {
-                retry_delays: settings.retry_delays.clone(),
-                ..PipelineSettings::default()
+                claim_lease: Duration::from_secs(60),
+                schedule: RetrySchedule::new(
+                    settings.retry_delays.clone(),
+                    settings.retry_after_max,
+                ),
+                fanout_concurrency: 32,
+                max_consecutive_failures: settings.max_consecutive_failures,
+                source: format!("/pushq-worker/{consumer_tag}"),
             },
         );
         Ok(Self {
             settings,
             pipeline: Arc::new(pipeline),
             ready: watch::channel(false).0,
-            consumer_tag: format!("pushq-worker-{}", uuid::Uuid::new_v4().simple()),
+            consumer_tag,
         })
     }
 
@@ -100,8 +108,17 @@ impl App {
         self.ready.subscribe()
     }
 
+    /// The name of this replica's broker connection (and its consumer tag).
+    pub fn connection_name(&self) -> &str {
+        &self.consumer_tag
+    }
+
     /// Consumes until `shutdown` is cancelled, reconnecting after failures.
     pub async fn run(self, shutdown: CancellationToken) -> Exit {
+        tokio::spawn(sweep_expired_subscriptions(
+            self.pool().clone(),
+            shutdown.clone(),
+        ));
         let mut delays = reconnect_backoff();
         loop {
             let result = self.run_connected(&shutdown).await;
@@ -141,7 +158,12 @@ impl App {
     ) -> Result<Exit, BrokerError> {
         let topology = &self.settings.topology;
         let publisher = Publisher::open(connection, topology.clone()).await?;
-        topology::declare(publisher.channel(), topology).await?;
+        topology::declare(
+            publisher.channel(),
+            topology,
+            self.pipeline.settings().schedule.tiers(),
+        )
+        .await?;
         let prefetch = self.settings.prefetch;
         let (jobs_channel, jobs) = consumer::open(
             connection,
@@ -157,6 +179,13 @@ impl App {
             &self.consumer_tag,
         )
         .await?;
+        let (feedback_channel, feedback) = consumer::open(
+            connection,
+            &topology.feedback_queue(),
+            prefetch,
+            &self.consumer_tag,
+        )
+        .await?;
         let _ = self.ready.send(true);
         tracing::info!(prefix = topology.prefix(), prefetch, "consuming");
 
@@ -167,6 +196,7 @@ impl App {
                 &jobs_channel,
                 jobs,
                 topology.jobs_queue(),
+                Source::Producer,
                 self.pipeline.clone(),
                 publisher.clone(),
                 tracker.clone(),
@@ -176,6 +206,17 @@ impl App {
                 &subscriptions_channel,
                 subscriptions,
                 topology.subscriptions_queue(),
+                Source::Producer,
+                self.pipeline.clone(),
+                publisher.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ),
+            consumer::run(
+                &feedback_channel,
+                feedback,
+                topology.feedback_queue(),
+                Source::Feedback,
                 self.pipeline.clone(),
                 publisher.clone(),
                 tracker.clone(),
@@ -203,10 +244,32 @@ impl App {
             Exit::GraceExceeded
         };
         // Closing the channels hands anything unacked back to the broker.
-        for channel in [&jobs_channel, &subscriptions_channel, publisher.channel()] {
+        for channel in [
+            &jobs_channel,
+            &subscriptions_channel,
+            &feedback_channel,
+            publisher.channel(),
+        ] {
             let _ = channel.close(200, "pushq worker stopping".into()).await;
         }
         Ok(exit)
+    }
+}
+
+/// Browsers give subscriptions an expiration time; lookups already skip
+/// expired ones, and this removes them for good.
+async fn sweep_expired_subscriptions(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match subscriptions::delete_expired(&pool).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired subscriptions deleted"),
+            Err(err) => tracing::warn!(error = %err, "sweeping expired subscriptions failed"),
+        }
     }
 }
 

@@ -42,6 +42,10 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// The delay before each retry; its length is the number of retries.
     pub retry_delays: Vec<Duration>,
+    /// A push service's Retry-After is honoured up to this.
+    pub retry_after_max: Duration,
+    /// Consecutive failures after which a stored subscription is deleted; 0 never.
+    pub max_consecutive_failures: u32,
     /// Unacked messages per queue per replica.
     pub prefetch: u16,
     pub shutdown_grace: Duration,
@@ -105,6 +109,18 @@ impl Settings {
         let retry_delays = parse_delays(
             &get("PUSHQ_RETRY_DELAYS_MS").unwrap_or_else(|| DEFAULT_RETRY_DELAYS_MS.into()),
         )?;
+        let retry_after_max = Duration::from_millis(parse_number::<u64>(
+            "PUSHQ_RETRY_AFTER_MAX_MS",
+            get("PUSHQ_RETRY_AFTER_MAX_MS"),
+            3_600_000,
+            1,
+        )?);
+        let max_consecutive_failures = parse_number::<u32>(
+            "PUSHQ_MAX_CONSECUTIVE_FAILURES",
+            get("PUSHQ_MAX_CONSECUTIVE_FAILURES"),
+            10,
+            0,
+        )?;
         let prefetch = parse_number::<u16>("PUSHQ_PREFETCH", get("PUSHQ_PREFETCH"), 256, 1)?;
         let shutdown_grace = Duration::from_millis(parse_number::<u64>(
             "PUSHQ_SHUTDOWN_GRACE_MS",
@@ -144,6 +160,8 @@ impl Settings {
             endpoint_policy,
             http_addr,
             retry_delays,
+            retry_after_max,
+            max_consecutive_failures,
             prefetch,
             shutdown_grace,
             database_max_connections,

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, Exit};
 use crate::config::Settings;
 use crate::push::{EndpointPolicy, VapidPrivateKey};
+use crate::retry::RetrySchedule;
 use crate::store::subscriptions;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -251,21 +252,31 @@ async fn cleanup(settings: &Settings, topology: &Topology, pool: &sqlx::PgPool, 
     if let Err(err) = subscriptions::delete_by_user_prefix(pool, user_prefix).await {
         tracing::warn!(error = %err, "could not delete the demo's subscriptions");
     }
-    if let Err(err) = delete_topology(settings.amqp_url(), topology).await {
+    if let Err(err) = delete_topology(settings.amqp_url(), topology, settings).await {
         tracing::warn!(error = %err, "could not delete the demo's queues");
     }
 }
 
-/// Deletes every queue and exchange of a topology (demo and tests).
-pub async fn delete_topology(amqp_url: &str, topology: &Topology) -> anyhow::Result<()> {
+/// Deletes every queue and exchange of a topology (demo and tests), with the
+/// delay queues of the schedule `retry_delays` would make.
+pub async fn delete_topology(
+    amqp_url: &str,
+    topology: &Topology,
+    settings: &Settings,
+) -> anyhow::Result<()> {
     let connection = crate::broker::connect(amqp_url, "pushq-cleanup").await?;
     let channel = connection.create_channel().await?;
+    let schedule = RetrySchedule::new(settings.retry_delays.clone(), settings.retry_after_max);
+    let retry_queues = schedule.tiers().iter().map(|&delay| topology.retry_queue(delay));
     for queue in [
         topology.jobs_queue(),
         topology.subscriptions_queue(),
         topology.feedback_queue(),
         topology.dead_queue(),
-    ] {
+    ]
+    .into_iter()
+    .chain(retry_queues)
+    {
         channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await?;

@@ -14,9 +14,9 @@ use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::publisher::Publisher;
+use super::publisher::{Origin, Publisher};
 use super::{BrokerError, amqp_error};
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::{FollowUp, Outcome, Pipeline, Source};
 
 /// Opens a channel with `prefetch` unacked messages and starts consuming.
 pub async fn open(
@@ -55,6 +55,7 @@ pub async fn run(
     channel: &Channel,
     mut consumer: lapin::Consumer,
     queue: String,
+    source: Source,
     pipeline: Arc<Pipeline>,
     publisher: Publisher,
     tracker: TaskTracker,
@@ -76,7 +77,9 @@ pub async fn run(
                     let publisher = publisher.clone();
                     let stop = stop.clone();
                     tracker.spawn(async move {
-                        let outcome = pipeline.handle(&delivery.properties, &delivery.data).await;
+                        let outcome = pipeline
+                            .handle(source, &delivery.properties, &delivery.data, &publisher)
+                            .await;
                         settle(&delivery, outcome, &publisher, &stop).await;
                     });
                 }
@@ -96,11 +99,21 @@ async fn settle(
     stop: &CancellationToken,
 ) {
     let settled = match outcome {
-        Outcome::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        Outcome::Ack { follow_ups } => match publish_follow_ups(follow_ups, publisher).await {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+            Err(err) => {
+                tracing::error!(error = %err, "could not publish a retry; handing the message back");
+                requeue(delivery, Duration::from_secs(1), stop).await
+            }
+        },
         Outcome::DeadLetter(reason) => {
             tracing::warn!(kind = %reason.kind, error = %reason.message, "dead-lettering an event");
+            let origin = Origin {
+                exchange: delivery.exchange.as_str().to_owned(),
+                routing_key: delivery.routing_key.as_str().to_owned(),
+            };
             match publisher
-                .dead_letter(&delivery.properties, &delivery.data, &reason)
+                .dead_letter(&origin, &delivery.properties, &delivery.data, &reason)
                 .await
             {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
@@ -115,6 +128,46 @@ async fn settle(
     if let Err(err) = settled {
         tracing::warn!(error = %err, "could not settle a message; the broker will redeliver it");
     }
+}
+
+/// Retries go to their delay queue; exhausted ones to the dead-letter queue
+/// with the jobs queue as their origin, so a replay retries them.
+async fn publish_follow_ups(
+    follow_ups: Vec<FollowUp>,
+    publisher: &Publisher,
+) -> Result<(), BrokerError> {
+    let topology = publisher.topology().clone();
+    let properties = lapin::BasicProperties::default()
+        .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into());
+    for follow_up in follow_ups {
+        match follow_up {
+            FollowUp::Retry { delay_ms, event } => {
+                publisher
+                    .publish(
+                        "",
+                        &topology.retry_queue(delay_ms),
+                        &event.to_structured_json(),
+                        properties.clone().with_message_id(event.id.clone().into()),
+                    )
+                    .await?;
+            }
+            FollowUp::Exhausted { event, reason } => {
+                let origin = Origin {
+                    exchange: String::new(),
+                    routing_key: topology.jobs_queue(),
+                };
+                publisher
+                    .dead_letter(
+                        &origin,
+                        &properties.clone().with_message_id(event.id.clone().into()),
+                        &event.to_structured_json(),
+                        &reason,
+                    )
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Hands a message back after a pause, so a failing dependency is not hammered

@@ -10,6 +10,16 @@ use super::{BrokerError, amqp_error};
 
 pub const ERROR_HEADER: &str = "x-pushq-error";
 pub const ERROR_KIND_HEADER: &str = "x-pushq-error-kind";
+/// Where a dead letter was first published, so a replay sends it back there.
+pub const ORIGIN_EXCHANGE_HEADER: &str = "x-pushq-exchange";
+pub const ORIGIN_ROUTING_KEY_HEADER: &str = "x-pushq-routing-key";
+
+/// The exchange and routing key a message arrived through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub exchange: String,
+    pub routing_key: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -34,6 +44,10 @@ impl Publisher {
         &self.channel
     }
 
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// Publishes persistent and `mandatory`, and waits for the confirm.
     pub async fn publish(
         &self,
@@ -42,13 +56,27 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
+        self.publish_to(exchange, routing_key, body, properties, true)
+            .await
+    }
+
+    /// Publishes persistent and waits for the confirm. With `mandatory`, a
+    /// message no queue takes is an error instead of a silent drop.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
         let confirmation = self
             .channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory,
                     ..BasicPublishOptions::default()
                 },
                 body,
@@ -71,14 +99,24 @@ impl Publisher {
     }
 
     /// Copies a message to the dead-letter queue with its original body and
-    /// headers plus the reason, so an operator can read, fix and replay it.
+    /// headers plus the reason and where it came from, so an operator can
+    /// read, fix and replay it.
     pub async fn dead_letter(
         &self,
+        origin: &Origin,
         properties: &BasicProperties,
         body: &[u8],
         reason: &InvalidEvent,
     ) -> Result<(), BrokerError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(ORIGIN_EXCHANGE_HEADER),
+            AMQPValue::LongString(LongString::from(origin.exchange.as_str())),
+        );
+        headers.insert(
+            ShortString::from(ORIGIN_ROUTING_KEY_HEADER),
+            AMQPValue::LongString(LongString::from(origin.routing_key.as_str())),
+        );
         headers.insert(
             ShortString::from(ERROR_HEADER),
             AMQPValue::LongString(LongString::from(reason.message.as_str())),

@@ -35,6 +35,29 @@ fn quorum_arguments(dead_letter_queue: Option<&str>) -> FieldTable {
     arguments
 }
 
+/// A delay queue: messages wait `delay_ms`, then the broker dead-letters them
+/// straight back to the jobs queue. Every message in one queue has the same
+/// TTL, so they expire in order and none waits behind a longer one. Classic
+/// and durable with persistent messages: they survive a broker restart, and
+/// dead-lettering from a classic queue is not the at-most-once kind quorum
+/// queues default to.
+fn retry_arguments(topology: &Topology, delay_ms: u64) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-message-ttl"),
+        AMQPValue::LongLongInt(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(LongString::from(topology.jobs_queue())),
+    );
+    arguments
+}
+
 async fn declare_queue(
     channel: &Channel,
     name: &str,
@@ -72,8 +95,13 @@ async fn bind(
         .map_err(amqp_error("binding a queue"))
 }
 
-/// Declares everything a worker consumes from or publishes to.
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+/// Declares everything a worker consumes from or publishes to, with one delay
+/// queue per retry tier (milliseconds).
+pub async fn declare(
+    channel: &Channel,
+    topology: &Topology,
+    retry_tiers: &[u64],
+) -> Result<(), BrokerError> {
     for exchange in [topology.exchange(), topology.results_exchange()] {
         channel
             .exchange_declare(
@@ -96,6 +124,14 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         topology.feedback_queue(),
     ] {
         declare_queue(channel, &queue, quorum_arguments(Some(&dead))).await?;
+    }
+    for &delay_ms in retry_tiers {
+        declare_queue(
+            channel,
+            &topology.retry_queue(delay_ms),
+            retry_arguments(topology, delay_ms),
+        )
+        .await?;
     }
     bind(
         channel,

@@ -5,9 +5,11 @@ pub mod classify;
 pub mod client;
 pub mod ece;
 pub mod endpoint_policy;
+pub mod pauses;
 pub mod vapid;
 
 pub use classify::{Verdict, classify_status};
 pub use client::{DeliveryError, HttpSettings, PushClient, PushMessage, PushResponse};
 pub use endpoint_policy::EndpointPolicy;
+pub use pauses::OriginPauses;
 pub use vapid::{VapidPrivateKey, VapidSigner};

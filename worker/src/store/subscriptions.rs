@@ -169,15 +169,41 @@ pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
     .map_err(db_error("recording a success"))
 }
 
-pub async fn record_failure(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = $1",
+/// Counts a failure; returns the consecutive failures now on record.
+pub async fn record_failure(pool: &PgPool, id: Uuid) -> Result<u32, StoreError> {
+    let failures: Option<i32> = sqlx::query_scalar(
+        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = $1
+         RETURNING consecutive_failures",
     )
     .bind(id)
-    .execute(pool)
+    .fetch_optional(pool)
     .await
-    .map(drop)
-    .map_err(db_error("recording a failure"))
+    .map_err(db_error("recording a failure"))?;
+    Ok(failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
+}
+
+/// Stored subscriptions among `ids` (a retry's recipients; some may be gone since).
+pub async fn find_by_ids(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<Vec<StoredSubscription>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions
+         WHERE id = ANY($1) AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
+    )))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error("looking up subscriptions by id"))
+}
+
+/// Deletes subscriptions whose browser-given expiration time has passed.
+pub async fn delete_expired(pool: &PgPool) -> Result<u64, StoreError> {
+    sqlx::query("DELETE FROM subscriptions WHERE expires_at < now()")
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db_error("deleting expired subscriptions"))
 }
 
 /// Subscriptions whose user id starts with `prefix` (the demo's own users).

@@ -35,6 +35,8 @@ pub struct TestApp {
     pub topology: Topology,
     pub vapid: VapidPrivateKey,
     pub raw: Channel,
+    pub settings: Settings,
+    pub connection_name: String,
     raw_connection: Connection,
     database: String,
     shutdown: CancellationToken,
@@ -81,9 +83,10 @@ impl TestApp {
             Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");
         let topology = settings.topology.clone();
         let vapid = VapidPrivateKey::generate();
-        let app = App::build_with_vapid(settings, &vapid, SUBJECT)
+        let app = App::build_with_vapid(settings.clone(), &vapid, SUBJECT)
             .await
             .expect("app builds (is PostgreSQL running?)");
+        let connection_name = app.connection_name().to_owned();
         let pool = app.pool().clone();
         let mut ready = app.ready();
         let shutdown = CancellationToken::new();
@@ -109,6 +112,8 @@ impl TestApp {
             topology,
             vapid,
             raw,
+            settings,
+            connection_name,
             raw_connection,
             database,
             shutdown,
@@ -246,7 +251,7 @@ impl TestApp {
         let _ = self.producer.close().await;
         let _ = self.raw_connection.close(200, "done".into()).await;
         self.pool.close().await;
-        pushq_worker::demo::delete_topology(AMQP_URL, &self.topology)
+        pushq_worker::demo::delete_topology(AMQP_URL, &self.topology, &self.settings)
             .await
             .expect("topology deleted");
         drop_database(&self.database).await;

@@ -1,0 +1,184 @@
+//! One message from decoding to its [`Outcome`]: validate, store or resolve
+//! the targets, deliver to each, record, publish results. It decides nothing
+//! about acks; the consumer maps the outcome to an ack (after publishing any
+//! follow-ups), a dead letter or a requeue.
+
+mod notify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::BasicProperties;
+use pushq_schemas::data::ProducerEvent;
+use pushq_schemas::{
+    CloudEvent, InvalidEvent, InvalidKind, SubscriptionRegister, SubscriptionUnregister,
+    event_types,
+};
+use sqlx::PgPool;
+
+use crate::broker::decode::decode;
+use crate::broker::publisher::{Publisher, header_str};
+use crate::push::{OriginPauses, PushClient};
+use crate::retry::RetrySchedule;
+use crate::store::StoreError;
+use crate::store::subscriptions;
+
+pub use notify::{REGISTRATION_SETTLE, RetryData};
+
+/// Header a replay adds, so that exhausted deliveries may be attempted again.
+pub const REPLAY_HEADER: &str = "x-pushq-replay";
+
+/// What to do with the message that was handled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Publish each follow-up with a confirm, then ack. Should a publish fail,
+    /// the message is handed back instead (its deliveries table rows make the
+    /// redelivery resume where this attempt stopped).
+    Ack { follow_ups: Vec<FollowUp> },
+    /// It can never be processed: copy it to the dead-letter queue, then ack.
+    DeadLetter(InvalidEvent),
+    /// Not now (a dependency failed, or another replica holds a delivery):
+    /// hand it back to the broker after `after`.
+    Requeue { after: Duration },
+}
+
+impl Outcome {
+    pub fn ack() -> Self {
+        Self::Ack {
+            follow_ups: Vec::new(),
+        }
+    }
+}
+
+/// A message to publish before the handled one is acked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowUp {
+    /// An internal retry event, to the delay queue of `delay_ms`.
+    Retry { delay_ms: u64, event: CloudEvent },
+    /// An internal retry event whose retries are used up, to the dead-letter
+    /// queue, from where `pushq-worker dead replay` sends it back to the jobs queue.
+    Exhausted {
+        event: CloudEvent,
+        reason: InvalidEvent,
+    },
+}
+
+/// Which queue a message came from: the same event type means different
+/// things on the producer and the results side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Producer,
+    Feedback,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// How long a claimed delivery stays reserved for the worker sending it.
+    pub claim_lease: Duration,
+    pub schedule: RetrySchedule,
+    /// Deliveries of one notification in flight at once.
+    pub fanout_concurrency: usize,
+    /// Consecutive failures after which a stored subscription is deleted; 0 never.
+    pub max_consecutive_failures: u32,
+    /// `source` of the events this worker publishes.
+    pub source: String,
+}
+
+/// A pause before handing back a message whose dependency failed.
+pub const DEPENDENCY_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pool: PgPool,
+    push: PushClient,
+    pauses: Arc<OriginPauses>,
+    settings: PipelineSettings,
+}
+
+impl Pipeline {
+    pub fn new(pool: PgPool, push: PushClient, settings: PipelineSettings) -> Self {
+        Self {
+            pool,
+            push,
+            pauses: Arc::new(OriginPauses::default()),
+            settings,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+
+    /// Handles one AMQP message. `publisher` carries result events.
+    pub async fn handle(
+        &self,
+        source: Source,
+        properties: &BasicProperties,
+        body: &[u8],
+        publisher: &Publisher,
+    ) -> Outcome {
+        if source == Source::Feedback {
+            return crate::feedback::handle(&self.pool, properties, body).await;
+        }
+        let received_at = Utc::now();
+        let event = match decode(properties, body) {
+            Ok(event) => event,
+            Err(invalid) => return Outcome::DeadLetter(invalid),
+        };
+        if event.event_type == event_types::INTERNAL_RETRY {
+            let replay =
+                header_str(properties.headers().as_ref(), REPLAY_HEADER).as_deref() == Some("true");
+            return self.retry(&event, replay, publisher).await;
+        }
+        let parsed = match ProducerEvent::parse(&event.event_type, event.data.as_ref()) {
+            Ok(parsed) => parsed,
+            Err(invalid) => return Outcome::DeadLetter(invalid),
+        };
+        let stored = match parsed {
+            ProducerEvent::Register(register) => self.register(&register).await,
+            ProducerEvent::Unregister(unregister) => self.unregister(&unregister).await,
+            ProducerEvent::Send(send) => {
+                return self.notify(&event, &send, received_at, publisher).await;
+            }
+        };
+        match stored {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::warn!(event_id = %event.id, error = %err, "storage failed; the event goes back to the queue");
+                Outcome::Requeue {
+                    after: DEPENDENCY_BACKOFF,
+                }
+            }
+        }
+    }
+
+    async fn register(&self, register: &SubscriptionRegister) -> Result<Outcome, StoreError> {
+        if let Err(refusal) = self.push.policy().check(&register.subscription.endpoint) {
+            return Ok(Outcome::DeadLetter(InvalidEvent::new(
+                InvalidKind::EndpointRefused,
+                refusal.0,
+            )));
+        }
+        let id = subscriptions::upsert(&self.pool, register).await?;
+        tracing::debug!(subscription = %id, "subscription registered");
+        Ok(Outcome::ack())
+    }
+
+    async fn unregister(&self, unregister: &SubscriptionUnregister) -> Result<Outcome, StoreError> {
+        let deleted = match unregister {
+            SubscriptionUnregister::Endpoint(endpoint) => {
+                subscriptions::delete_by_endpoint(&self.pool, endpoint).await?
+            }
+            SubscriptionUnregister::User(user) => {
+                subscriptions::delete_by_user(&self.pool, user).await?
+            }
+        };
+        tracing::debug!(deleted, "subscriptions unregistered");
+        Ok(Outcome::ack())
+    }
+}
