@@ -154,6 +154,8 @@ struct Shared {
     inner: Mutex<Inner>,
     /// The count of accepted messages, so waiters wake on change instead of polling.
     accepted: watch::Sender<usize>,
+    /// The count of verified requests, counted before any reply delay.
+    seen: watch::Sender<usize>,
     audience: String,
     base_url: String,
 }
@@ -198,6 +200,7 @@ impl FakePushService {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
             accepted: watch::channel(0).0,
+            seen: watch::channel(0).0,
             audience: base_url.clone(),
             base_url,
         });
@@ -326,6 +329,24 @@ impl FakePushService {
         self.shared.accepted.subscribe()
     }
 
+    /// Waits until at least `count` verified requests arrived (answered or
+    /// not yet: a delayed reply is still pending), at most `timeout`.
+    pub async fn wait_for_requests(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), WaitTimedOut> {
+        let mut seen = self.shared.seen.subscribe();
+        match tokio::time::timeout(timeout, seen.wait_for(|n| *n >= count)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(WaitTimedOut {
+                wanted: count,
+                got: *self.shared.seen.borrow(),
+                waited: timeout,
+            }),
+        }
+    }
+
     /// Waits until at least `count` messages were accepted, at most `timeout`.
     pub async fn wait_for_received(
         &self,
@@ -444,6 +465,7 @@ async fn receive(
             .pop_front()
             .unwrap_or_else(|| state.default_reply.clone())
     };
+    shared.seen.send_modify(|count| *count += 1);
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
     }

@@ -191,36 +191,33 @@ impl App {
 
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
+        let workers = consumer::Workers {
+            pipeline: self.pipeline.clone(),
+            publisher: publisher.clone(),
+            tracker: tracker.clone(),
+            stop: stop.clone(),
+        };
         let consumed = tokio::try_join!(
             consumer::run(
                 &jobs_channel,
                 jobs,
                 topology.jobs_queue(),
                 Source::Producer,
-                self.pipeline.clone(),
-                publisher.clone(),
-                tracker.clone(),
-                stop.clone(),
+                workers.clone(),
             ),
             consumer::run(
                 &subscriptions_channel,
                 subscriptions,
                 topology.subscriptions_queue(),
                 Source::Producer,
-                self.pipeline.clone(),
-                publisher.clone(),
-                tracker.clone(),
-                stop.clone(),
+                workers.clone(),
             ),
             consumer::run(
                 &feedback_channel,
                 feedback,
                 topology.feedback_queue(),
                 Source::Feedback,
-                self.pipeline.clone(),
-                publisher.clone(),
-                tracker.clone(),
-                stop.clone(),
+                workers,
             ),
         );
         let _ = self.ready.send(false);

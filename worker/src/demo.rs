@@ -267,7 +267,10 @@ pub async fn delete_topology(
     let connection = crate::broker::connect(amqp_url, "pushq-cleanup").await?;
     let channel = connection.create_channel().await?;
     let schedule = RetrySchedule::new(settings.retry_delays.clone(), settings.retry_after_max);
-    let retry_queues = schedule.tiers().iter().map(|&delay| topology.retry_queue(delay));
+    let retry_queues = schedule
+        .tiers()
+        .iter()
+        .map(|&delay| topology.retry_queue(delay));
     for queue in [
         topology.jobs_queue(),
         topology.subscriptions_queue(),

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod dead;
 pub mod demo;
 pub mod feedback;
 pub mod http;

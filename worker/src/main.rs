@@ -33,6 +33,9 @@ enum Command {
     /// Stored subscriptions.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// The dead-letter queue: what is in it, and replaying it.
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Exit 0 if the worker at PUSHQ_HTTP_ADDR is ready (for container health checks).
     Probe,
 }
@@ -43,6 +46,25 @@ enum VapidCommand {
     Generate,
     /// Print the public key (applicationServerKey) of the configured private key.
     Public,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadCommand {
+    /// Count the letters by kind, with a sample reason for each (nothing is removed).
+    List {
+        /// Read at most this many letters.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// Send letters back where they came from, each acked only once its replay is confirmed.
+    Replay {
+        /// Only letters of this kind (e.g. retries_exhausted).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Replay at most this many letters.
+        #[arg(long, default_value_t = usize::MAX)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +157,35 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Dead(DeadCommand::List { limit }) => {
+            let list =
+                pushq_worker::dead::list(settings.amqp_url(), &settings.topology, limit).await?;
+            println!(
+                "{} letters in {} (read {})",
+                list.in_queue,
+                settings.topology.dead_queue(),
+                list.read
+            );
+            println!("{:<20}  {:>7}  sample reason", "kind", "count");
+            for (kind, summary) in &list.by_kind {
+                println!("{kind:<20}  {:>7}  {}", summary.count, summary.sample);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dead(DeadCommand::Replay { kind, limit }) => {
+            let report = pushq_worker::dead::replay(
+                settings.amqp_url(),
+                &settings.topology,
+                kind.as_deref(),
+                limit,
+            )
+            .await?;
+            println!(
+                "replayed {}, left {} of other kinds, left {} with no recorded origin",
+                report.replayed, report.skipped, report.without_origin
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Probe => Ok(match pushq_worker::http::probe(settings.http_addr).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,17 @@ pub async fn open(
     Ok((channel, consumer))
 }
 
+/// What every consumer of one connection shares.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    pub pipeline: Arc<Pipeline>,
+    /// Results, retries and dead letters go out on this confirmed channel.
+    pub publisher: Publisher,
+    /// Every message's task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    pub stop: CancellationToken,
+}
+
 /// Runs until `stop` is cancelled (then cancels the consumer and returns Ok)
 /// or the broker ends the consumer (an error: the caller reconnects). Each
 /// message is handled in its own task on `tracker`. The caller keeps the
@@ -56,11 +67,14 @@ pub async fn run(
     mut consumer: lapin::Consumer,
     queue: String,
     source: Source,
-    pipeline: Arc<Pipeline>,
-    publisher: Publisher,
-    tracker: TaskTracker,
-    stop: CancellationToken,
+    workers: Workers,
 ) -> Result<(), BrokerError> {
+    let Workers {
+        pipeline,
+        publisher,
+        tracker,
+        stop,
+    } = workers;
     loop {
         tokio::select! {
             biased;

@@ -27,7 +27,7 @@ pub enum BrokerError {
     ConsumerClosed { queue: String },
 }
 
-pub(crate) fn amqp_error(action: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
+pub fn amqp_error(action: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
     move |source| BrokerError::Amqp { action, source }
 }
 

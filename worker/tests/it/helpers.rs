@@ -305,3 +305,138 @@ pub fn structured_properties() -> BasicProperties {
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// A queue bound to every result event of one topology.
+pub struct ResultsProbe {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResultEvent {
+    pub event_type: String,
+    pub subject: Option<String>,
+    pub data: pushq_schemas::DeliveryResult,
+}
+
+impl TestApp {
+    /// Starts collecting result events; call before publishing what causes them.
+    pub async fn watch_results(&self) -> ResultsProbe {
+        let channel = self.raw_connection.create_channel().await.expect("channel");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("probe queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.topology.results_exchange().into(),
+                "#".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind probe");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume probe");
+        ResultsProbe { channel, consumer }
+    }
+
+    /// Closes this replica's broker connection from the broker's side, as a
+    /// network cut or a broker failover would.
+    pub async fn cut_worker_connection(&self) {
+        let output = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "--quiet",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let pid = listing
+            .lines()
+            .find(|line| line.contains(&self.connection_name))
+            .and_then(|line| line.split('\t').next())
+            .unwrap_or_else(|| panic!("the worker's connection is not listed:\n{listing}"))
+            .to_owned();
+        let closed = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_connection", &pid, "test cuts the worker off"])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        assert!(
+            closed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&closed.stderr)
+        );
+    }
+}
+
+impl TestApp {
+    /// What `pushq-worker dead list` shows, without removing anything.
+    pub async fn dead_letters_peek(&self) -> pushq_worker::dead::DeadLetterList {
+        pushq_worker::dead::list(AMQP_URL, &self.topology, 1000)
+            .await
+            .expect("dead list")
+    }
+}
+
+impl ResultsProbe {
+    /// The next `count` result events, bounded by [`WAIT`].
+    pub async fn next(&mut self, count: usize) -> Vec<ResultEvent> {
+        let mut events = Vec::new();
+        while events.len() < count {
+            let delivery = tokio::time::timeout(WAIT, self.consumer.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {count} results arrived: {events:#?}",
+                        events.len()
+                    )
+                })
+                .expect("probe open")
+                .expect("delivery");
+            let event = pushq_schemas::CloudEvent::from_structured(&delivery.data)
+                .expect("a structured result");
+            events.push(ResultEvent {
+                event_type: event.event_type,
+                subject: event.subject,
+                data: serde_json::from_value(event.data.expect("data")).expect("a delivery result"),
+            });
+        }
+        events
+    }
+
+    /// Asserts nothing more arrives within `quiet`.
+    pub async fn none_within(&mut self, quiet: Duration) {
+        if let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.consumer.next()).await {
+            panic!(
+                "unexpected result: {}",
+                String::from_utf8_lossy(&delivery.data)
+            );
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}

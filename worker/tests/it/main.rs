@@ -8,5 +8,6 @@ mod dead_letters;
 mod delivery;
 mod demo;
 mod helpers;
+mod outcomes;
 mod subscriptions;
 mod vapid;

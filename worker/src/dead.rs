@@ -1,0 +1,194 @@
+//! Operators' tools for the dead-letter queue: what is in it, and sending it
+//! back where it came from. A letter is acked only after its replay is
+//! confirmed, so an interrupted replay loses nothing (at worst one letter is
+//! replayed twice, which the deliveries table absorbs).
+
+use std::collections::BTreeMap;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection};
+use pushq_schemas::Topology;
+
+use crate::broker::publisher::{
+    ERROR_HEADER, ERROR_KIND_HEADER, ORIGIN_EXCHANGE_HEADER, ORIGIN_ROUTING_KEY_HEADER, Publisher,
+    header_str,
+};
+use crate::broker::{self, BrokerError, amqp_error};
+use crate::pipeline::REPLAY_HEADER;
+
+/// Letters of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KindSummary {
+    pub count: usize,
+    /// The reason sentence of the first letter of this kind.
+    pub sample: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeadLetterList {
+    /// Messages in the queue when it was read.
+    pub in_queue: u32,
+    /// How many were read (at most the limit).
+    pub read: usize,
+    pub by_kind: BTreeMap<String, KindSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplayReport {
+    pub replayed: usize,
+    /// Letters of other kinds, left in place.
+    pub skipped: usize,
+    /// Letters with no recorded origin (dead-lettered by the broker itself), left in place.
+    pub without_origin: usize,
+}
+
+async fn message_count(connection: &Connection, topology: &Topology) -> Result<u32, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp_error("opening a channel"))?;
+    let queue = channel
+        .queue_declare(
+            topology.dead_queue().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_error("inspecting the dead-letter queue"))?;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(queue.message_count())
+}
+
+/// Reads up to `limit` letters without removing any: they are held unacked
+/// and go back to the queue when the channel closes.
+pub async fn list(
+    amqp_url: &str,
+    topology: &Topology,
+    limit: usize,
+) -> Result<DeadLetterList, BrokerError> {
+    let connection = broker::connect(amqp_url, "pushq-dead-list").await?;
+    let in_queue = message_count(&connection, topology).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp_error("opening a channel"))?;
+    let mut list = DeadLetterList {
+        in_queue,
+        ..DeadLetterList::default()
+    };
+    while list.read < limit.min(in_queue as usize) {
+        let Some(message) = channel
+            .basic_get(
+                topology.dead_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(amqp_error("reading a dead letter"))?
+        else {
+            break;
+        };
+        list.read += 1;
+        let headers = message.delivery.properties.headers().as_ref();
+        let kind = header_str(headers, ERROR_KIND_HEADER).unwrap_or_else(|| "unknown".into());
+        let summary = list.by_kind.entry(kind).or_default();
+        summary.count += 1;
+        if summary.sample.is_empty() {
+            summary.sample = header_str(headers, ERROR_HEADER).unwrap_or_default();
+        }
+    }
+    let _ = channel.close(200, "listing done".into()).await;
+    let _ = connection.close(200, "listing done".into()).await;
+    Ok(list)
+}
+
+/// Sends letters (of `kind`, or all) back to the exchange and routing key
+/// they first came through, at most `limit` of them.
+pub async fn replay(
+    amqp_url: &str,
+    topology: &Topology,
+    kind: Option<&str>,
+    limit: usize,
+) -> Result<ReplayReport, BrokerError> {
+    let connection = broker::connect(amqp_url, "pushq-dead-replay").await?;
+    let in_queue = message_count(&connection, topology).await?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp_error("opening a channel"))?;
+    let mut report = ReplayReport::default();
+    for _ in 0..in_queue {
+        if report.replayed >= limit {
+            break;
+        }
+        let Some(message) = channel
+            .basic_get(
+                topology.dead_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(amqp_error("reading a dead letter"))?
+        else {
+            break;
+        };
+        let delivery = message.delivery;
+        let headers = delivery.properties.headers().as_ref();
+        if kind.is_some_and(|kind| header_str(headers, ERROR_KIND_HEADER).as_deref() != Some(kind))
+        {
+            report.skipped += 1;
+            continue;
+        }
+        let (Some(exchange), Some(routing_key)) = (
+            header_str(headers, ORIGIN_EXCHANGE_HEADER),
+            header_str(headers, ORIGIN_ROUTING_KEY_HEADER),
+        ) else {
+            report.without_origin += 1;
+            continue;
+        };
+        publisher
+            .publish(
+                &exchange,
+                &routing_key,
+                &delivery.data,
+                replay_properties(&delivery.properties),
+            )
+            .await?;
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(amqp_error("acking a replayed letter"))?;
+        report.replayed += 1;
+    }
+    // Letters left unacked (skipped) go back to the queue.
+    let _ = channel.close(200, "replay done".into()).await;
+    let _ = connection.close(200, "replay done".into()).await;
+    Ok(report)
+}
+
+/// The original properties, without the dead-letter headers, marked as a replay.
+fn replay_properties(properties: &BasicProperties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(original) = properties.headers() {
+        for (name, value) in original {
+            if ![
+                ERROR_HEADER,
+                ERROR_KIND_HEADER,
+                ORIGIN_EXCHANGE_HEADER,
+                ORIGIN_ROUTING_KEY_HEADER,
+            ]
+            .contains(&name.as_str())
+            {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    headers.insert(
+        ShortString::from(REPLAY_HEADER),
+        AMQPValue::LongString(LongString::from("true")),
+    );
+    properties.clone().with_headers(headers)
+}
