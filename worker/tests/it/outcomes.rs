@@ -321,3 +321,64 @@ async fn a_worker_cut_off_between_the_push_service_201_and_its_ack_sends_no_seco
     results.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_failing_again_and_again_is_dropped_and_an_expired_one_is_skipped() {
+    let app = TestApp::spawn_with(&[("PUSHQ_MAX_CONSECUTIVE_FAILURES", "2")]).await;
+    let mut results = app.watch_results().await;
+    let broken = app.browser();
+    app.register(&broken, "sybil", &[]).await;
+    app.fake.answer_always(&broken, Reply::status(400));
+    for n in 0..2 {
+        app.producer
+            .send(&NotificationSend::new(
+                Target::User("sybil".into()),
+                Some(json!(n)),
+            ))
+            .await
+            .expect("published");
+        let got = results.next(1).await;
+        assert_eq!(got[0].data.reason, Some(ResultReason::BadRequest));
+    }
+    assert_eq!(
+        subscriptions_left(&app).await,
+        0,
+        "deleted at the threshold"
+    );
+
+    // A browser-given expirationTime in the past: never sent to, then swept.
+    let expired = app.browser();
+    let mut subscription = expired.to_json();
+    subscription["expirationTime"] = json!(1_000);
+    app.producer
+        .register(&pushq_producer::SubscriptionRegister {
+            user: "trent".into(),
+            subscription: serde_json::from_value(subscription).expect("subscription"),
+            tags: vec![],
+        })
+        .await
+        .expect("registered");
+    app.wait_until("the registration is stored", || async {
+        subscriptions_left(&app).await == 1
+    })
+    .await;
+    app.producer
+        .send(&NotificationSend::new(
+            Target::User("trent".into()),
+            Some(json!("late")),
+        ))
+        .await
+        .expect("published");
+    let got = results.next(1).await;
+    assert_eq!(got[0].event_type, "pushq.delivery.skipped");
+    assert_eq!(got[0].data.reason, Some(ResultReason::NoSubscription));
+    assert_eq!(
+        pushq_worker::store::subscriptions::delete_expired(&app.pool)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert!(app.fake.received_by(&expired).is_empty());
+    results.close().await;
+    app.stop().await;
+}
