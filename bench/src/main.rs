@@ -1,0 +1,57 @@
+//! `pushq-bench`: delivered notifications per second, latency, worker CPU per
+//! notification and peak memory, for unicast and broadcast, with the worker in
+//! a process of its own (so its CPU and memory are its own) against the local
+//! RabbitMQ and PostgreSQL and a fast local sink. Also measures, in the same
+//! run, the crypto floor and the `web-push` crate's encryption.
+
+mod measure;
+mod scenarios;
+mod sink;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "pushq-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Notifications per scenario (and subscriptions for broadcast).
+    #[arg(long, default_value_t = 20_000)]
+    count: usize,
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "unicast-inline,unicast-stored,broadcast,unicast-paced"
+    )]
+    scenarios: Vec<String>,
+    /// Plaintext bytes per notification.
+    #[arg(long, default_value_t = 512)]
+    payload_bytes: usize,
+    /// Also write one JSON object per scenario to this file (an array).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The worker under test (started by the benchmark itself).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Some(Command::Worker) => runtime.block_on(scenarios::worker_process()),
+        None => runtime.block_on(scenarios::run_all(scenarios::Options {
+            count: cli.count,
+            scenarios: cli.scenarios,
+            payload_bytes: cli.payload_bytes,
+            json: cli.json,
+        })),
+    }
+}

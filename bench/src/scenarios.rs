@@ -1,0 +1,419 @@
+//! The scenarios, each against a fresh worker process.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use pushq_producer::{NotificationSend, Producer, PushSubscription, SubscriptionKeys, Target};
+use pushq_schemas::Topology;
+use pushq_schemas::keys::base64url;
+use pushq_worker::app::App;
+use pushq_worker::config::Settings;
+use pushq_worker::push::VapidPrivateKey;
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::measure;
+use crate::sink::Sink;
+
+pub struct Options {
+    pub count: usize,
+    pub scenarios: Vec<String>,
+    pub payload_bytes: usize,
+    pub json: Option<PathBuf>,
+}
+
+/// One scenario's figures (DESIGN §2.5).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub count: usize,
+    pub delivered: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub worker_cpu_us_per_msg: f64,
+    pub peak_rss_mb: f64,
+    pub crypto_floor_us: f64,
+    pub machine: String,
+    pub date: String,
+}
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const PUBLISH_CONCURRENCY: usize = 256;
+/// Browser key pairs shared round-robin by the subscriptions (generating
+/// 100k would take longer than the scenario).
+const KEY_POOL: usize = 16;
+
+fn database_url() -> String {
+    std::env::var("PUSHQ_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/pushq_bench".into())
+}
+
+/// The hidden `worker` subcommand: `pushq-worker run`, configured by the
+/// environment the benchmark gives it, stopped by SIGTERM.
+pub async fn worker_process() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let app = App::build(settings.clone()).await?;
+    let shutdown = CancellationToken::new();
+    pushq_worker::http::serve(settings.http_addr, app.ready(), shutdown.clone()).await?;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+        }
+        signal.cancel();
+    });
+    app.run(shutdown).await;
+    Ok(())
+}
+
+struct Bench {
+    options: Options,
+    sink: Sink,
+    pool: sqlx::PgPool,
+    topology: Topology,
+    vapid: VapidPrivateKey,
+    keys: Vec<SubscriptionKeys>,
+    machine: String,
+    crypto_floor_us: f64,
+}
+
+pub async fn run_all(options: Options) -> anyhow::Result<()> {
+    pushq_worker::push::client::install_crypto_provider();
+    let machine = measure::machine();
+    eprintln!("measuring the crypto floor…");
+    let crypto_floor_us = measure::ece_us(3000, options.payload_bytes);
+    let vapid_us = measure::vapid_sign_us(500);
+    let web_push_us = measure::web_push_crate_us(3000, options.payload_bytes);
+    let pool = pushq_worker::store::prepare(&database_url(), 4)
+        .await
+        .context("while preparing the benchmark database (is PostgreSQL running?)")?;
+    let topology = Topology::new(format!(
+        "pushq-bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let keys = (0..KEY_POOL)
+        .map(|_| {
+            let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+            let mut auth = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut auth);
+            SubscriptionKeys {
+                p256dh: base64url(secret.public_key().to_encoded_point(false).as_bytes()),
+                auth: base64url(&auth),
+            }
+        })
+        .collect();
+    let bench = Bench {
+        sink: Sink::start().await?,
+        pool,
+        topology,
+        vapid: VapidPrivateKey::generate(),
+        keys,
+        machine,
+        crypto_floor_us,
+        options,
+    };
+    let mut reports: Vec<Report> = Vec::new();
+    for scenario in bench.options.scenarios.clone() {
+        eprintln!("scenario {scenario}…");
+        let paced_rate = reports
+            .iter()
+            .find(|r| r.scenario == "unicast-stored" || r.scenario == "unicast-inline")
+            .map(|r| r.per_second / 2.0);
+        let report = bench.scenario(&scenario, paced_rate).await?;
+        reports.push(report);
+    }
+    let settings = bench.worker_settings_for_cleanup()?;
+    let _ = pushq_worker::demo::delete_topology(AMQP_URL, &bench.topology, &settings).await;
+    print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
+    if let Some(path) = &bench.options.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
+            .with_context(|| format!("while writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+impl Bench {
+    fn worker_env(&self, http_port: u16) -> Vec<(String, String)> {
+        [
+            ("PUSHQ_AMQP_URL", AMQP_URL.to_owned()),
+            ("PUSHQ_DATABASE_URL", database_url()),
+            ("PUSHQ_TOPOLOGY_PREFIX", self.topology.prefix().to_owned()),
+            ("PUSHQ_ENDPOINT_HOSTS", self.sink.host_entry.clone()),
+            ("PUSHQ_ALLOW_HTTP", "true".to_owned()),
+            ("PUSHQ_VAPID_PRIVATE_KEY", self.vapid.to_base64url()),
+            (
+                "PUSHQ_VAPID_SUBJECT",
+                "mailto:bench@pushq.example".to_owned(),
+            ),
+            ("PUSHQ_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("RUST_LOG", "warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn worker_settings_for_cleanup(&self) -> anyhow::Result<Settings> {
+        let env: HashMap<String, String> = self.worker_env(0).into_iter().collect();
+        Ok(Settings::from_lookup(|name| env.get(name).cloned())?)
+    }
+
+    fn subscription(&self, n: u32) -> PushSubscription {
+        PushSubscription {
+            endpoint: self.sink.endpoint(n),
+            expiration_time: None,
+            keys: self.keys[n as usize % self.keys.len()].clone(),
+        }
+    }
+
+    async fn seed(&self, count: usize, tag: &str) -> anyhow::Result<()> {
+        for start in (0..count).step_by(5000) {
+            let end = (start + 5000).min(count);
+            let ids: Vec<uuid::Uuid> = (start..end).map(|_| uuid::Uuid::now_v7()).collect();
+            let subs: Vec<PushSubscription> =
+                (start..end).map(|n| self.subscription(n as u32)).collect();
+            sqlx::query(
+                "INSERT INTO subscriptions (id, user_id, endpoint, p256dh, auth, tags)
+                 SELECT id, 'bench', endpoint, p256dh, auth, ARRAY[$5]
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS s(id, endpoint, p256dh, auth)",
+            )
+            .bind(&ids)
+            .bind(subs.iter().map(|s| s.endpoint.clone()).collect::<Vec<_>>())
+            .bind(subs.iter().map(|s| s.keys.p256dh.clone()).collect::<Vec<_>>())
+            .bind(subs.iter().map(|s| s.keys.auth.clone()).collect::<Vec<_>>())
+            .bind(tag)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn scenario(&self, name: &str, paced_rate: Option<f64>) -> anyhow::Result<Report> {
+        let count = self.options.count;
+        sqlx::query("TRUNCATE subscriptions, deliveries")
+            .execute(&self.pool)
+            .await?;
+        self.sink.reset();
+        let tag = "bench";
+        if matches!(name, "unicast-stored" | "broadcast" | "unicast-paced") {
+            self.seed(count, tag).await?;
+        }
+        let http_port = free_port()?;
+        let mut worker = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("worker")
+            .envs(self.worker_env(http_port))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("while starting the worker process")?;
+        let pid = worker.id().context("the worker has no pid")?;
+        wait_ready(http_port).await?;
+        let producer =
+            Arc::new(Producer::connect(AMQP_URL, self.topology.clone(), "/bench").await?);
+        let payload = json!("x".repeat(self.options.payload_bytes.saturating_sub(2)));
+        let cpu_before = measure::process_cpu_us(pid)?;
+        let started = Instant::now();
+        let mut sent_at: Vec<Instant> = vec![started; count];
+        match name {
+            "broadcast" => {
+                producer
+                    .send(&NotificationSend::new(
+                        Target::Tag(tag.into()),
+                        Some(payload),
+                    ))
+                    .await?;
+            }
+            "unicast-inline" | "unicast-stored" => {
+                let inline = name == "unicast-inline";
+                let times: Vec<(usize, Instant)> = stream::iter(0..count)
+                    .map(|n| {
+                        let producer = producer.clone();
+                        let to = if inline {
+                            Target::Subscription(self.subscription(n as u32))
+                        } else {
+                            Target::Endpoint(self.sink.endpoint(n as u32))
+                        };
+                        let send = NotificationSend::new(to, Some(payload.clone()));
+                        async move {
+                            let at = Instant::now();
+                            producer.send(&send).await.map(|_| (n, at))
+                        }
+                    })
+                    .buffer_unordered(PUBLISH_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+                for (n, at) in times {
+                    sent_at[n] = at;
+                }
+            }
+            "unicast-paced" => {
+                let rate = paced_rate
+                    .context("unicast-paced runs after a unicast scenario, at half its rate")?;
+                let per_tick = ((rate / 100.0).ceil() as usize).max(1);
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut n = 0;
+                while n < count {
+                    tick.tick().await;
+                    let batch: Vec<usize> = (n..(n + per_tick).min(count)).collect();
+                    n += batch.len();
+                    let times: Vec<(usize, Instant)> = stream::iter(batch)
+                        .map(|n| {
+                            let producer = producer.clone();
+                            let send = NotificationSend::new(
+                                Target::Endpoint(self.sink.endpoint(n as u32)),
+                                Some(payload.clone()),
+                            );
+                            async move {
+                                let at = Instant::now();
+                                producer.send(&send).await.map(|_| (n, at))
+                            }
+                        })
+                        .buffer_unordered(PUBLISH_CONCURRENCY)
+                        .try_collect()
+                        .await?;
+                    for (n, at) in times {
+                        sent_at[n] = at;
+                    }
+                }
+            }
+            other => bail!("unknown scenario {other:?}"),
+        }
+        let timeout = Duration::from_secs(60) + Duration::from_millis(count as u64);
+        let arrivals = self.sink.wait_for(count, timeout).await;
+        let cpu_after = measure::process_cpu_us(pid)?;
+        let rss = measure::peak_rss_mb(pid)?;
+        stop(&mut worker).await;
+        if let Ok(producer) = Arc::try_unwrap(producer) {
+            let _ = producer.close().await;
+        }
+
+        let delivered = arrivals.len();
+        let last = arrivals.iter().map(|(_, at)| *at).max().unwrap_or(started);
+        let seconds = last.duration_since(started).as_secs_f64();
+        let mut latencies: Vec<Duration> = arrivals
+            .iter()
+            .map(|(n, at)| {
+                at.saturating_duration_since(sent_at.get(*n as usize).copied().unwrap_or(started))
+            })
+            .collect();
+        latencies.sort();
+        Ok(Report {
+            scenario: name.to_owned(),
+            count,
+            delivered,
+            seconds,
+            per_second: delivered as f64 / seconds.max(1e-9),
+            p50_ms: measure::percentile_ms(&latencies, 0.50),
+            p95_ms: measure::percentile_ms(&latencies, 0.95),
+            p99_ms: measure::percentile_ms(&latencies, 0.99),
+            worker_cpu_us_per_msg: (cpu_after - cpu_before) as f64 / delivered.max(1) as f64,
+            peak_rss_mb: rss,
+            crypto_floor_us: self.crypto_floor_us,
+            machine: self.machine.clone(),
+            date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        })
+    }
+}
+
+/// A port for the worker's health endpoints, free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_ready(port: u16) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let ready = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the worker was not ready within 60 s");
+        }
+    }
+}
+
+async fn stop(worker: &mut tokio::process::Child) {
+    if let Some(pid) = worker.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(40), worker.wait())
+        .await
+        .is_err()
+    {
+        let _ = worker.kill().await;
+    }
+}
+
+fn print_table(reports: &[Report], crypto_floor_us: f64, vapid_us: f64, web_push_us: f64) {
+    println!();
+    println!(
+        "{:<16} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>12} {:>9}",
+        "scenario",
+        "count",
+        "delivered",
+        "seconds",
+        "per second",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "CPU µs/msg",
+        "RSS MB"
+    );
+    for r in reports {
+        println!(
+            "{:<16} {:>8} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>9.1}",
+            r.scenario,
+            r.count,
+            r.delivered,
+            r.seconds,
+            r.per_second,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.worker_cpu_us_per_msg,
+            r.peak_rss_mb
+        );
+    }
+    println!();
+    println!(
+        "crypto floor: {crypto_floor_us:.1} µs per RFC 8291 encryption (ring, one core); VAPID signature {vapid_us:.1} µs (once per origin)"
+    );
+    println!(
+        "web-push crate: {web_push_us:.1} µs per encryption of the same payload ({:.1}× ours)",
+        web_push_us / crypto_floor_us
+    );
+    for r in reports {
+        println!(
+            "{}: worker CPU per notification = {:.1}× the crypto floor",
+            r.scenario,
+            r.worker_cpu_us_per_msg / crypto_floor_us
+        );
+    }
+}

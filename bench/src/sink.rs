@@ -1,0 +1,78 @@
+//! The fast local sink: a push service that answers 201 at once and notes
+//! when each subscription's message arrived. It neither verifies nor decrypts
+//! (the tests' fake push service does): here it must cost as little as
+//! possible, since it shares the two cores with the worker.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Receipts {
+    /// (subscription index, arrival) in arrival order.
+    arrivals: Mutex<Vec<(u32, Instant)>>,
+}
+
+pub struct Sink {
+    pub host_entry: String,
+    pub base_url: String,
+    receipts: Arc<Receipts>,
+    count: watch::Sender<usize>,
+}
+
+impl Sink {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let receipts = Arc::new(Receipts::default());
+        let count = watch::channel(0usize).0;
+        let app = Router::new()
+            .route("/push/{n}", post(receive))
+            .with_state((receipts.clone(), count.clone()));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            host_entry: addr.to_string(),
+            base_url: format!("http://{addr}"),
+            receipts,
+            count,
+        })
+    }
+
+    pub fn endpoint(&self, n: u32) -> String {
+        format!("{}/push/{n}", self.base_url)
+    }
+
+    pub fn reset(&self) {
+        self.receipts.arrivals.lock().map(|mut a| a.clear()).ok();
+        self.count.send_replace(0);
+    }
+
+    /// Waits for `count` arrivals, at most `timeout`; returns them.
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<(u32, Instant)> {
+        let mut seen = self.count.subscribe();
+        let _ = tokio::time::timeout(timeout, seen.wait_for(|n| *n >= count)).await;
+        self.receipts
+            .arrivals
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+}
+
+type SinkState = (Arc<Receipts>, watch::Sender<usize>);
+
+async fn receive(State((receipts, count)): State<SinkState>, Path(n): Path<u32>) -> StatusCode {
+    let now = Instant::now();
+    if let Ok(mut arrivals) = receipts.arrivals.lock() {
+        arrivals.push((n, now));
+    }
+    count.send_modify(|c| *c += 1);
+    StatusCode::CREATED
+}
