@@ -7,7 +7,7 @@ pub mod subscriptions;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use deliveries::{Claim, DeliveryStatus};
@@ -37,7 +37,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Creates the database if it is missing. Safe when many replicas start at
 /// once: losing the race to create it is success.
 pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
-    let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+    let options = connect_options(url)?;
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -68,9 +68,24 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Parses a database URL. TLS to a database on this machine protects
+/// nothing and costs CPU on every query, so a loopback host gets no TLS
+/// unless the URL (or PGSSLMODE) asks for an `sslmode` explicitly.
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+    let explicit = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let loopback = matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
+        || options.get_host().starts_with('/');
+    Ok(if loopback && !explicit {
+        options.ssl_mode(PgSslMode::Disable)
+    } else {
+        options
+    })
+}
+
 /// Connects a pool; `max_connections` bounds what one replica holds.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+    let options = connect_options(url)?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
