@@ -49,20 +49,27 @@ pub fn result_event(
     event
 }
 
-/// Publishes a result in the structured mode. Not `mandatory`: results are a
-/// stream that any number of consumers (or none) may bind to.
-pub async fn publish(publisher: &Publisher, event: &CloudEvent) -> Result<(), BrokerError> {
-    let properties = lapin::BasicProperties::default()
-        .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into())
-        .with_message_id(event.id.clone().into());
+/// Publishes results in the structured mode, all confirmed. Not `mandatory`:
+/// results are a stream that any number of consumers (or none) may bind to.
+pub async fn publish(publisher: &Publisher, events: &[CloudEvent]) -> Result<(), BrokerError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let messages = events
+        .iter()
+        .map(|event| {
+            let properties = lapin::BasicProperties::default()
+                .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into())
+                .with_message_id(event.id.clone().into());
+            (
+                event.event_type.clone(),
+                event.to_structured_json(),
+                properties,
+            )
+        })
+        .collect();
     publisher
-        .publish_to(
-            &publisher.topology().results_exchange(),
-            &event.event_type,
-            &event.to_structured_json(),
-            properties,
-            false,
-        )
+        .publish_batch(&publisher.topology().results_exchange(), messages)
         .await
 }
 

@@ -98,6 +98,43 @@ impl Publisher {
         }
     }
 
+    /// Publishes several messages to one exchange (not `mandatory`), sending
+    /// them all before waiting for their confirms, so a batch costs about one
+    /// round trip instead of one each.
+    pub async fn publish_batch(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Vec<u8>, BasicProperties)>,
+    ) -> Result<(), BrokerError> {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (routing_key, body, properties) in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.with_delivery_mode(2),
+                )
+                .await
+                .map_err(amqp_error("publishing"))?;
+            confirms.push((routing_key, confirm));
+        }
+        for (routing_key, confirm) in confirms {
+            match confirm
+                .await
+                .map_err(amqp_error("awaiting a publisher confirm"))?
+            {
+                Confirmation::Ack(_) => {}
+                Confirmation::Nack(_) | Confirmation::NotRequested => {
+                    return Err(BrokerError::Nacked { routing_key });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Copies a message to the dead-letter queue with its original body and
     /// headers plus the reason and where it came from, so an operator can
     /// read, fix and replay it.

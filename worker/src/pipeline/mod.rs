@@ -22,6 +22,7 @@ use crate::broker::publisher::{Publisher, header_str};
 use crate::push::{OriginPauses, PushClient};
 use crate::retry::RetrySchedule;
 use crate::store::StoreError;
+use crate::store::deliveries::PublishedMarks;
 use crate::store::subscriptions;
 
 pub use notify::{REGISTRATION_SETTLE, RetryData};
@@ -93,12 +94,14 @@ pub struct Pipeline {
     pool: PgPool,
     push: PushClient,
     pauses: Arc<OriginPauses>,
+    marks: PublishedMarks,
     settings: PipelineSettings,
 }
 
 impl Pipeline {
     pub fn new(pool: PgPool, push: PushClient, settings: PipelineSettings) -> Self {
         Self {
+            marks: PublishedMarks::start(pool.clone()),
             pool,
             push,
             pauses: Arc::new(OriginPauses::default()),

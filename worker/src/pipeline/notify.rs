@@ -22,7 +22,7 @@ use crate::push::{DeliveryError, PushMessage, Verdict, classify_status};
 use crate::results;
 use crate::retry::RetryDecision;
 use crate::store::StoreError;
-use crate::store::deliveries::{self, Claim, DeliveryStatus, Recorded};
+use crate::store::deliveries::{self, Claim, DeliveryStatus, Health};
 use crate::store::subscriptions::{self, StoredSubscription};
 
 /// How long after its creation an event with no matching subscription is
@@ -75,14 +75,6 @@ impl From<StoredSubscription> for Recipient {
             auth: stored.auth,
         }
     }
-}
-
-/// What became of one recipient.
-enum RecipientOutcome {
-    Final,
-    Retry { id: Uuid, delay_ms: u64 },
-    Exhausted { id: Uuid },
-    Requeue(Duration),
 }
 
 /// A dependency failed mid-way; the message goes back to the broker and the
@@ -197,61 +189,400 @@ impl Pipeline {
         self.deliver_all(&job, recipients, publisher).await
     }
 
+    /// Delivers to every recipient of one notification (or one retry of it)
+    /// with a constant number of database round trips: claim all, send all,
+    /// record all, publish every result with pipelined confirms.
     async fn deliver_all(
         &self,
         job: &Job<'_>,
         recipients: Vec<Recipient>,
         publisher: &Publisher,
     ) -> Outcome {
-        let outcomes: Vec<Result<RecipientOutcome, Interrupted>> = stream::iter(recipients)
-            .map(|recipient| self.deliver(job, recipient, publisher))
+        let mut batch = Batch::default();
+        let mut to_claim = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            let origin = endpoint_origin(&recipient.endpoint);
+            match self.pauses.remaining(&origin) {
+                // Not an attempt: the push service asked us to wait.
+                Some(pause) => {
+                    batch.retry(recipient.id, self.settings.schedule.tier_for_pause(pause))
+                }
+                None => to_claim.push((recipient, origin)),
+            }
+        }
+        to_claim.sort_by_key(|(recipient, _)| recipient.id);
+        to_claim.dedup_by_key(|(recipient, _)| recipient.id);
+        match self.attempt_all(job, to_claim, &mut batch, publisher).await {
+            Ok(()) => batch.into_outcome(self, job),
+            Err(err) => interrupted(job.notification, &err),
+        }
+    }
+
+    async fn attempt_all(
+        &self,
+        job: &Job<'_>,
+        recipients: Vec<(Recipient, String)>,
+        batch: &mut Batch,
+        publisher: &Publisher,
+    ) -> Result<(), Interrupted> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = recipients
+            .iter()
+            .map(|(recipient, _)| recipient.id)
+            .collect();
+        let claims = deliveries::claim_many(
+            &self.pool,
+            &job.notification.id,
+            &ids,
+            self.settings.claim_lease,
+            job.replay,
+        )
+        .await?;
+        let age = (Utc::now() - job.ttl_started)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let ttl = Duration::from_secs(u64::from(job.send.ttl));
+        let mut concluded: Vec<Concluded> = Vec::new();
+        let mut to_send = Vec::new();
+        for (recipient, origin) in recipients {
+            match claims.get(&recipient.id).copied() {
+                Some(Claim::Granted { attempt }) => {
+                    // Whole seconds, as the TTL header counts them: a TTL of 0 is sent once.
+                    if age.as_secs() > ttl.as_secs() {
+                        tracing::info!(event_id = %job.notification.id, push_service = %origin, "TTL passed before delivery; expired");
+                        concluded.push(Concluded::new(
+                            recipient,
+                            origin,
+                            attempt,
+                            DeliveryStatus::Expired,
+                            None,
+                            Some(ResultReason::Expired),
+                        ));
+                    } else {
+                        to_send.push((recipient, origin, attempt));
+                    }
+                }
+                Some(Claim::Done(recorded)) => {
+                    if !recorded.result_published {
+                        let mut again = Concluded::new(
+                            recipient,
+                            origin,
+                            recorded.attempts.max(1),
+                            recorded.status,
+                            recorded.http_status,
+                            recorded.reason,
+                        );
+                        again.already_recorded = true;
+                        concluded.push(again);
+                    }
+                }
+                Some(Claim::HeldElsewhere { remaining }) => {
+                    batch.requeue(remaining.min(MAX_HELD_ELSEWHERE_WAIT))
+                }
+                None => batch.requeue(DEPENDENCY_BACKOFF),
+            }
+        }
+        let payload = job.send.payload_bytes();
+        let remaining_ttl = u32::try_from(ttl.saturating_sub(age).as_secs()).unwrap_or(u32::MAX);
+        let answers: Vec<(Recipient, String, u32, Verdict, Option<u16>)> = stream::iter(to_send)
+            .map(|(recipient, origin, attempt)| {
+                let payload = &payload;
+                async move {
+                    let (verdict, status) = self
+                        .send_one(job, &recipient, &origin, payload, remaining_ttl)
+                        .await;
+                    (recipient, origin, attempt, verdict, status)
+                }
+            })
             .buffer_unordered(self.settings.fanout_concurrency.max(1))
             .collect()
             .await;
-        let mut retries: BTreeMap<u64, Vec<Uuid>> = BTreeMap::new();
-        let mut exhausted = Vec::new();
-        let mut requeue_after: Option<Duration> = None;
-        for outcome in outcomes {
-            match outcome {
-                Ok(RecipientOutcome::Final) => {}
-                Ok(RecipientOutcome::Retry { id, delay_ms }) => {
-                    retries.entry(delay_ms).or_default().push(id)
+        for (recipient, origin, attempt, verdict, status) in answers {
+            let (delivery_status, reason) = match verdict {
+                Verdict::Delivered => (DeliveryStatus::Delivered, None),
+                Verdict::Gone => {
+                    tracing::info!(event_id = %job.notification.id, subscription = %recipient.id, push_service = %origin, "subscription gone");
+                    (DeliveryStatus::Gone, Some(ResultReason::Gone))
                 }
-                Ok(RecipientOutcome::Exhausted { id }) => exhausted.push(id),
-                Ok(RecipientOutcome::Requeue(after)) => {
-                    requeue_after = Some(requeue_after.map_or(after, |current| current.min(after)));
+                Verdict::Failed(reason) => {
+                    if matches!(reason, ResultReason::Unauthorized | ResultReason::Forbidden) {
+                        tracing::error!(push_service = %origin, status, "the push service refused our VAPID credentials: check PUSHQ_VAPID_PRIVATE_KEY and PUSHQ_VAPID_SUBJECT");
+                    } else {
+                        tracing::warn!(event_id = %job.notification.id, push_service = %origin, status, reason = reason.as_str(), "delivery failed");
+                    }
+                    (DeliveryStatus::Failed, Some(reason))
                 }
-                Err(err) => {
-                    tracing::warn!(event_id = %job.notification.id, error = %err, "delivery interrupted; the event goes back to the queue");
-                    requeue_after = Some(DEPENDENCY_BACKOFF);
+                Verdict::Retry { reason, after } => {
+                    if let Some(after) = after {
+                        self.pauses
+                            .pause(&origin, after.min(self.settings.schedule.retry_after_max()));
+                    }
+                    match self.settings.schedule.decide(
+                        attempt,
+                        after,
+                        jitter(),
+                        ttl.saturating_sub(age),
+                    ) {
+                        RetryDecision::After { delay_ms } => {
+                            tracing::info!(event_id = %job.notification.id, push_service = %origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
+                            batch.retry(recipient.id, delay_ms);
+                            let mut retrying = Concluded::new(
+                                recipient,
+                                origin,
+                                attempt,
+                                DeliveryStatus::Retrying,
+                                status,
+                                Some(reason),
+                            );
+                            retrying.retry_in_ms = Some(delay_ms);
+                            concluded.push(retrying);
+                            continue;
+                        }
+                        RetryDecision::Exhausted => {
+                            tracing::warn!(event_id = %job.notification.id, push_service = %origin, attempt, reason = reason.as_str(), "retries exhausted");
+                            batch.exhausted.push(recipient.id);
+                            (
+                                DeliveryStatus::Exhausted,
+                                Some(ResultReason::RetriesExhausted),
+                            )
+                        }
+                        RetryDecision::Expired => {
+                            tracing::info!(event_id = %job.notification.id, push_service = %origin, attempt, "the next retry would start after the TTL; expired");
+                            (DeliveryStatus::Expired, Some(ResultReason::Expired))
+                        }
+                    }
+                }
+            };
+            concluded.push(Concluded::new(
+                recipient,
+                origin,
+                attempt,
+                delivery_status,
+                status,
+                reason,
+            ));
+        }
+        self.record_and_publish(job, concluded, publisher).await
+    }
+
+    /// Encrypts, signs and POSTs one message; what the answer means.
+    async fn send_one(
+        &self,
+        job: &Job<'_>,
+        recipient: &Recipient,
+        origin: &str,
+        payload: &[u8],
+        remaining_ttl: u32,
+    ) -> (Verdict, Option<u16>) {
+        let result = self
+            .push
+            .deliver(PushMessage {
+                endpoint: &recipient.endpoint,
+                p256dh: &recipient.p256dh,
+                auth: &recipient.auth,
+                payload,
+                ttl_seconds: remaining_ttl,
+                urgency: job.send.urgency,
+                topic: job.send.topic.as_deref(),
+            })
+            .await;
+        match result {
+            Ok(response) => (
+                classify_status(
+                    response.status,
+                    response.retry_after.as_deref(),
+                    SystemTime::now(),
+                ),
+                Some(response.status),
+            ),
+            Err(err) => {
+                tracing::debug!(push_service = %origin, error = %err, "no answer from the push service");
+                (verdict_for_error(&err), None)
+            }
+        }
+    }
+
+    /// Records every outcome (one statement), drops subscriptions past the
+    /// failure threshold, then publishes every result (pipelined confirms).
+    /// Recording first means a crash can repeat a result, never lose one.
+    async fn record_and_publish(
+        &self,
+        job: &Job<'_>,
+        concluded: Vec<Concluded>,
+        publisher: &Publisher,
+    ) -> Result<(), Interrupted> {
+        if concluded.is_empty() {
+            return Ok(());
+        }
+        let outcomes: Vec<deliveries::Outcome> = concluded
+            .iter()
+            .filter(|c| !c.already_recorded)
+            .map(|c| deliveries::Outcome {
+                subscription_id: c.recipient.id,
+                status: c.status,
+                http_status: c.http_status,
+                reason: c.reason,
+                health: match (c.recipient.stored, c.status) {
+                    (true, DeliveryStatus::Delivered) => Health::Success,
+                    (true, DeliveryStatus::Failed | DeliveryStatus::Exhausted) => Health::Failure,
+                    _ => Health::Unchanged,
+                },
+            })
+            .collect();
+        if !outcomes.is_empty() {
+            let failures =
+                deliveries::record_many(&self.pool, &job.notification.id, &outcomes).await?;
+            let limit = self.settings.max_consecutive_failures;
+            for (id, failures) in failures {
+                if limit > 0 && failures >= limit {
+                    subscriptions::delete_by_id(&self.pool, id).await?;
+                    tracing::warn!(subscription = %id, failures, "subscription deleted after consecutive failures (PUSHQ_MAX_CONSECUTIVE_FAILURES)");
                 }
             }
         }
-        if let Some(after) = requeue_after {
+        let events: Vec<CloudEvent> = concluded
+            .iter()
+            .filter_map(|c| {
+                let result_type = c.result_type()?;
+                let data = DeliveryResult {
+                    notification: job.notification.id.clone(),
+                    subscription: c.recipient.stored.then(|| c.recipient.id.to_string()),
+                    user: c.recipient.user.clone(),
+                    push_service: c.origin.clone(),
+                    status: c.http_status,
+                    attempt: c.attempt,
+                    reason: c.reason,
+                    retry_in_ms: c.retry_in_ms,
+                };
+                Some(results::result_event(
+                    result_type,
+                    &data,
+                    &self.settings.source,
+                    job.notification.traceparent.as_deref(),
+                ))
+            })
+            .collect();
+        results::publish(publisher, &events).await?;
+        for c in concluded.iter().filter(|c| c.status.is_final()) {
+            self.marks.mark(&job.notification.id, c.recipient.id);
+        }
+        Ok(())
+    }
+
+    async fn publish_result(
+        &self,
+        job: &Job<'_>,
+        result_type: ResultType,
+        data: &DeliveryResult,
+        publisher: &Publisher,
+    ) -> Result<(), BrokerError> {
+        let event = results::result_event(
+            result_type,
+            data,
+            &self.settings.source,
+            job.notification.traceparent.as_deref(),
+        );
+        results::publish(publisher, &[event]).await
+    }
+}
+
+/// One recipient's outcome on its way to the table and the results exchange.
+struct Concluded {
+    recipient: Recipient,
+    origin: String,
+    attempt: u32,
+    status: DeliveryStatus,
+    http_status: Option<u16>,
+    reason: Option<ResultReason>,
+    retry_in_ms: Option<u64>,
+    /// Recorded by an earlier attempt; only its result is missing.
+    already_recorded: bool,
+}
+
+impl Concluded {
+    fn new(
+        recipient: Recipient,
+        origin: String,
+        attempt: u32,
+        status: DeliveryStatus,
+        http_status: Option<u16>,
+        reason: Option<ResultReason>,
+    ) -> Self {
+        Self {
+            recipient,
+            origin,
+            attempt,
+            status,
+            http_status,
+            reason,
+            retry_in_ms: None,
+            already_recorded: false,
+        }
+    }
+
+    fn result_type(&self) -> Option<ResultType> {
+        match self.status {
+            DeliveryStatus::Delivered => Some(ResultType::Succeeded),
+            DeliveryStatus::Gone => Some(ResultType::Gone),
+            DeliveryStatus::Expired => Some(ResultType::Expired),
+            DeliveryStatus::Failed | DeliveryStatus::Exhausted => Some(ResultType::Failed),
+            DeliveryStatus::Retrying => Some(ResultType::Retrying),
+            DeliveryStatus::Sending => None,
+        }
+    }
+}
+
+/// What one notification's recipients need next, gathered while they are handled.
+#[derive(Default)]
+struct Batch {
+    retries: BTreeMap<u64, Vec<Uuid>>,
+    exhausted: Vec<Uuid>,
+    requeue_after: Option<Duration>,
+}
+
+impl Batch {
+    fn retry(&mut self, id: Uuid, delay_ms: u64) {
+        self.retries.entry(delay_ms).or_default().push(id);
+    }
+
+    fn requeue(&mut self, after: Duration) {
+        self.requeue_after = Some(
+            self.requeue_after
+                .map_or(after, |current| current.min(after)),
+        );
+    }
+
+    fn into_outcome(self, pipeline: &Pipeline, job: &Job<'_>) -> Outcome {
+        if let Some(after) = self.requeue_after {
             return Outcome::Requeue { after };
         }
-        let mut follow_ups: Vec<FollowUp> = retries
+        let mut follow_ups: Vec<FollowUp> = self
+            .retries
             .into_iter()
             .map(|(delay_ms, ids)| FollowUp::Retry {
                 delay_ms,
-                event: self.retry_event(job, ids),
+                event: pipeline.retry_event(job, ids),
             })
             .collect();
-        if !exhausted.is_empty() {
+        if !self.exhausted.is_empty() {
             follow_ups.push(FollowUp::Exhausted {
-                event: self.retry_event(job, exhausted),
+                event: pipeline.retry_event(job, self.exhausted),
                 reason: InvalidEvent::new(
                     InvalidKind::RetriesExhausted,
                     format!(
                         "delivery failed after {} attempts; replay with `pushq-worker dead replay --kind retries_exhausted`",
-                        self.settings.schedule.max_attempts()
+                        pipeline.settings.schedule.max_attempts()
                     ),
                 ),
             });
         }
         Outcome::Ack { follow_ups }
     }
+}
 
+impl Pipeline {
     fn retry_event(&self, job: &Job<'_>, subscriptions: Vec<Uuid>) -> CloudEvent {
         let data = RetryData {
             event: serde_json::from_slice(&job.notification.to_structured_json())
@@ -330,337 +661,6 @@ impl Pipeline {
         };
         tokio::time::sleep(wait).await;
         Ok(self.resolve(send).await?.unwrap_or_default())
-    }
-
-    async fn deliver(
-        &self,
-        job: &Job<'_>,
-        recipient: Recipient,
-        publisher: &Publisher,
-    ) -> Result<RecipientOutcome, Interrupted> {
-        let origin = endpoint_origin(&recipient.endpoint);
-        if let Some(pause) = self.pauses.remaining(&origin) {
-            // Not an attempt: the push service asked us to wait.
-            return Ok(RecipientOutcome::Retry {
-                id: recipient.id,
-                delay_ms: self.settings.schedule.tier_for_pause(pause),
-            });
-        }
-        let claim = deliveries::claim(
-            &self.pool,
-            &job.notification.id,
-            recipient.id,
-            self.settings.claim_lease,
-            job.replay,
-        )
-        .await?;
-        let attempt = match claim {
-            Claim::Granted { attempt } => attempt,
-            Claim::Done(recorded) => {
-                if !recorded.result_published {
-                    self.publish_recorded(job, &recipient, &origin, recorded, publisher)
-                        .await?;
-                }
-                return Ok(RecipientOutcome::Final);
-            }
-            Claim::HeldElsewhere { remaining } => {
-                return Ok(RecipientOutcome::Requeue(
-                    remaining.min(MAX_HELD_ELSEWHERE_WAIT),
-                ));
-            }
-        };
-        let age = (Utc::now() - job.ttl_started)
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        let ttl = Duration::from_secs(u64::from(job.send.ttl));
-        // Whole seconds, as the TTL header counts them: a TTL of 0 is sent once.
-        if age.as_secs() > ttl.as_secs() {
-            tracing::info!(event_id = %job.notification.id, push_service = %origin, "TTL passed before delivery; expired");
-            self.conclude(
-                job,
-                &recipient,
-                &origin,
-                attempt,
-                DeliveryStatus::Expired,
-                None,
-                Some(ResultReason::Expired),
-                publisher,
-            )
-            .await?;
-            return Ok(RecipientOutcome::Final);
-        }
-        let remaining_ttl = ttl.saturating_sub(age);
-        let result = self
-            .push
-            .deliver(PushMessage {
-                endpoint: &recipient.endpoint,
-                p256dh: &recipient.p256dh,
-                auth: &recipient.auth,
-                payload: &job.send.payload_bytes(),
-                ttl_seconds: u32::try_from(remaining_ttl.as_secs()).unwrap_or(u32::MAX),
-                urgency: job.send.urgency,
-                topic: job.send.topic.as_deref(),
-            })
-            .await;
-        let (verdict, status) = match result {
-            Ok(response) => (
-                classify_status(
-                    response.status,
-                    response.retry_after.as_deref(),
-                    SystemTime::now(),
-                ),
-                Some(response.status),
-            ),
-            Err(err) => {
-                tracing::debug!(push_service = %origin, error = %err, "no answer from the push service");
-                (verdict_for_error(&err), None)
-            }
-        };
-        match verdict {
-            Verdict::Delivered => {
-                self.conclude(
-                    job,
-                    &recipient,
-                    &origin,
-                    attempt,
-                    DeliveryStatus::Delivered,
-                    status,
-                    None,
-                    publisher,
-                )
-                .await?;
-                Ok(RecipientOutcome::Final)
-            }
-            Verdict::Gone => {
-                tracing::info!(event_id = %job.notification.id, subscription = %recipient.id, push_service = %origin, "subscription gone");
-                self.conclude(
-                    job,
-                    &recipient,
-                    &origin,
-                    attempt,
-                    DeliveryStatus::Gone,
-                    status,
-                    Some(ResultReason::Gone),
-                    publisher,
-                )
-                .await?;
-                Ok(RecipientOutcome::Final)
-            }
-            Verdict::Failed(reason) => {
-                if matches!(reason, ResultReason::Unauthorized | ResultReason::Forbidden) {
-                    tracing::error!(push_service = %origin, status, "the push service refused our VAPID credentials: check PUSHQ_VAPID_PRIVATE_KEY and PUSHQ_VAPID_SUBJECT");
-                } else {
-                    tracing::warn!(event_id = %job.notification.id, push_service = %origin, status, reason = reason.as_str(), "delivery failed");
-                }
-                self.conclude(
-                    job,
-                    &recipient,
-                    &origin,
-                    attempt,
-                    DeliveryStatus::Failed,
-                    status,
-                    Some(reason),
-                    publisher,
-                )
-                .await?;
-                Ok(RecipientOutcome::Final)
-            }
-            Verdict::Retry { reason, after } => {
-                if let Some(after) = after {
-                    self.pauses
-                        .pause(&origin, after.min(self.settings.schedule.retry_after_max()));
-                }
-                let decision = self.settings.schedule.decide(
-                    attempt,
-                    after,
-                    jitter(),
-                    ttl.saturating_sub(age),
-                );
-                match decision {
-                    RetryDecision::After { delay_ms } => {
-                        deliveries::record(
-                            &self.pool,
-                            &job.notification.id,
-                            recipient.id,
-                            DeliveryStatus::Retrying,
-                            status,
-                            Some(reason),
-                        )
-                        .await?;
-                        let data = self.result_data(
-                            job,
-                            &recipient,
-                            &origin,
-                            attempt,
-                            status,
-                            Some(reason),
-                            Some(delay_ms),
-                        );
-                        self.publish_result(job, ResultType::Retrying, &data, publisher)
-                            .await?;
-                        tracing::info!(event_id = %job.notification.id, push_service = %origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
-                        Ok(RecipientOutcome::Retry {
-                            id: recipient.id,
-                            delay_ms,
-                        })
-                    }
-                    RetryDecision::Exhausted => {
-                        tracing::warn!(event_id = %job.notification.id, push_service = %origin, attempt, reason = reason.as_str(), "retries exhausted");
-                        self.conclude(
-                            job,
-                            &recipient,
-                            &origin,
-                            attempt,
-                            DeliveryStatus::Exhausted,
-                            status,
-                            Some(ResultReason::RetriesExhausted),
-                            publisher,
-                        )
-                        .await?;
-                        Ok(RecipientOutcome::Exhausted { id: recipient.id })
-                    }
-                    RetryDecision::Expired => {
-                        tracing::info!(event_id = %job.notification.id, push_service = %origin, attempt, "the next retry would start after the TTL; expired");
-                        self.conclude(
-                            job,
-                            &recipient,
-                            &origin,
-                            attempt,
-                            DeliveryStatus::Expired,
-                            status,
-                            Some(ResultReason::Expired),
-                            publisher,
-                        )
-                        .await?;
-                        Ok(RecipientOutcome::Final)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Records a final outcome, keeps the subscription's health, and
-    /// publishes the result.
-    #[allow(clippy::too_many_arguments)]
-    async fn conclude(
-        &self,
-        job: &Job<'_>,
-        recipient: &Recipient,
-        origin: &str,
-        attempt: u32,
-        status: DeliveryStatus,
-        http_status: Option<u16>,
-        reason: Option<ResultReason>,
-        publisher: &Publisher,
-    ) -> Result<(), Interrupted> {
-        deliveries::record(
-            &self.pool,
-            &job.notification.id,
-            recipient.id,
-            status,
-            http_status,
-            reason,
-        )
-        .await?;
-        if recipient.stored {
-            match status {
-                DeliveryStatus::Delivered => {
-                    subscriptions::record_success(&self.pool, recipient.id).await?
-                }
-                DeliveryStatus::Failed | DeliveryStatus::Exhausted => {
-                    let failures = subscriptions::record_failure(&self.pool, recipient.id).await?;
-                    let limit = self.settings.max_consecutive_failures;
-                    if limit > 0 && failures >= limit {
-                        subscriptions::delete_by_id(&self.pool, recipient.id).await?;
-                        tracing::warn!(subscription = %recipient.id, push_service = %origin, failures, "subscription deleted after consecutive failures (PUSHQ_MAX_CONSECUTIVE_FAILURES)");
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.publish_recorded(
-            job,
-            recipient,
-            origin,
-            Recorded {
-                status,
-                attempts: attempt,
-                http_status,
-                reason,
-                result_published: false,
-            },
-            publisher,
-        )
-        .await
-    }
-
-    async fn publish_recorded(
-        &self,
-        job: &Job<'_>,
-        recipient: &Recipient,
-        origin: &str,
-        recorded: Recorded,
-        publisher: &Publisher,
-    ) -> Result<(), Interrupted> {
-        let result_type = match recorded.status {
-            DeliveryStatus::Delivered => ResultType::Succeeded,
-            DeliveryStatus::Gone => ResultType::Gone,
-            DeliveryStatus::Expired => ResultType::Expired,
-            DeliveryStatus::Failed | DeliveryStatus::Exhausted => ResultType::Failed,
-            DeliveryStatus::Sending | DeliveryStatus::Retrying => return Ok(()),
-        };
-        let data = self.result_data(
-            job,
-            recipient,
-            origin,
-            recorded.attempts.max(1),
-            recorded.http_status,
-            recorded.reason,
-            None,
-        );
-        self.publish_result(job, result_type, &data, publisher)
-            .await?;
-        deliveries::mark_result_published(&self.pool, &job.notification.id, recipient.id).await?;
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn result_data(
-        &self,
-        job: &Job<'_>,
-        recipient: &Recipient,
-        origin: &str,
-        attempt: u32,
-        status: Option<u16>,
-        reason: Option<ResultReason>,
-        retry_in_ms: Option<u64>,
-    ) -> DeliveryResult {
-        DeliveryResult {
-            notification: job.notification.id.clone(),
-            subscription: recipient.stored.then(|| recipient.id.to_string()),
-            user: recipient.user.clone(),
-            push_service: origin.to_owned(),
-            status,
-            attempt,
-            reason,
-            retry_in_ms,
-        }
-    }
-
-    async fn publish_result(
-        &self,
-        job: &Job<'_>,
-        result_type: ResultType,
-        data: &DeliveryResult,
-        publisher: &Publisher,
-    ) -> Result<(), BrokerError> {
-        let event = results::result_event(
-            result_type,
-            data,
-            &self.settings.source,
-            job.notification.traceparent.as_deref(),
-        );
-        results::publish(publisher, &event).await
     }
 }
 

@@ -78,20 +78,56 @@ pub enum Claim {
     HeldElsewhere { remaining: Duration },
 }
 
-/// Claims a delivery with a lease. The lease outlives one HTTP attempt, so a
-/// worker that dies mid-send only delays the redelivery by the lease. With
-/// `replay`, an exhausted delivery is claimed again with its attempts reset.
-pub async fn claim(
+fn parse_reason(text: &str) -> Option<ResultReason> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
+}
+
+/// What a final outcome does to the subscription's health record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unchanged,
+    /// Resets the consecutive failures and notes the success.
+    Success,
+    /// Counts one more consecutive failure.
+    Failure,
+}
+
+impl Health {
+    fn code(self) -> i16 {
+        match self {
+            Self::Unchanged => 0,
+            Self::Success => 1,
+            Self::Failure => 2,
+        }
+    }
+}
+
+/// The outcome of one attempt, for [`record_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub subscription_id: Uuid,
+    pub status: DeliveryStatus,
+    pub http_status: Option<u16>,
+    pub reason: Option<ResultReason>,
+    pub health: Health,
+}
+
+/// Claims deliveries of one notification, in one round trip, each with a
+/// lease. The lease outlives one HTTP attempt, so a worker that dies
+/// mid-send only delays the redelivery by the lease. With `replay`, an
+/// exhausted delivery is claimed again with its attempts reset.
+pub async fn claim_many(
     pool: &PgPool,
     event_id: &str,
-    subscription_id: Uuid,
+    subscription_ids: &[Uuid],
     lease: Duration,
     replay: bool,
-) -> Result<Claim, StoreError> {
+) -> Result<std::collections::HashMap<Uuid, Claim>, StoreError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    let granted: Option<i32> = sqlx::query_scalar(
+    let granted: Vec<(Uuid, i32)> = sqlx::query_as(
         "INSERT INTO deliveries (event_id, subscription_id, status, attempts, claimed_until)
-         VALUES ($1, $2, 'sending', 1, now() + make_interval(secs => $3::float8 / 1000))
+         SELECT $1, id, 'sending', 1, now() + make_interval(secs => $3::float8 / 1000)
+         FROM unnest($2::uuid[]) AS input(id)
          ON CONFLICT (event_id, subscription_id) DO UPDATE SET
              status = 'sending',
              attempts = CASE WHEN deliveries.status = 'exhausted' THEN 1 ELSE deliveries.attempts + 1 END,
@@ -100,110 +136,158 @@ pub async fn claim(
          WHERE (deliveries.status = 'retrying'
                 OR (deliveries.status = 'sending' AND deliveries.claimed_until < now())
                 OR (deliveries.status = 'exhausted' AND $4))
-         RETURNING attempts",
+         RETURNING subscription_id, attempts",
     )
     .bind(event_id)
-    .bind(subscription_id)
+    .bind(subscription_ids)
     .bind(lease_ms)
     .bind(replay)
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await
-    .map_err(db_error("claiming a delivery"))?;
-    if let Some(attempts) = granted {
-        return Ok(Claim::Granted {
-            attempt: u32::try_from(attempts).unwrap_or(1),
-        });
+    .map_err(db_error("claiming deliveries"))?;
+    let mut claims: std::collections::HashMap<Uuid, Claim> = granted
+        .into_iter()
+        .map(|(id, attempts)| {
+            (
+                id,
+                Claim::Granted {
+                    attempt: u32::try_from(attempts).unwrap_or(1),
+                },
+            )
+        })
+        .collect();
+    let others: Vec<Uuid> = subscription_ids
+        .iter()
+        .filter(|id| !claims.contains_key(id))
+        .copied()
+        .collect();
+    if others.is_empty() {
+        return Ok(claims);
     }
-    let (status, attempts, http_status, reason, result_published, remaining_ms): (
+    type Row = (
+        Uuid,
         String,
         i32,
         Option<i16>,
         Option<String>,
         bool,
         Option<f64>,
-    ) = sqlx::query_as(
-        "SELECT status, attempts, last_status_code, reason, result_published,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT subscription_id, status, attempts, last_status_code, reason, result_published,
                 (EXTRACT(EPOCH FROM (claimed_until - now())) * 1000)::float8
-         FROM deliveries WHERE event_id = $1 AND subscription_id = $2",
+         FROM deliveries WHERE event_id = $1 AND subscription_id = ANY($2)",
     )
     .bind(event_id)
-    .bind(subscription_id)
-    .fetch_one(pool)
+    .bind(&others)
+    .fetch_all(pool)
     .await
-    .map_err(db_error("reading a delivery claim"))?;
-    match DeliveryStatus::parse(&status) {
-        Some(status) if status.is_final() => Ok(Claim::Done(Recorded {
-            status,
-            attempts: u32::try_from(attempts).unwrap_or(0),
-            http_status: http_status.and_then(|code| u16::try_from(code).ok()),
-            reason: reason.as_deref().and_then(parse_reason),
-            result_published,
-        })),
-        _ => Ok(Claim::HeldElsewhere {
-            remaining: Duration::from_millis(remaining_ms.unwrap_or(0.0).max(0.0) as u64),
-        }),
+    .map_err(db_error("reading delivery claims"))?;
+    for (id, status, attempts, http_status, reason, result_published, remaining_ms) in rows {
+        let claim = match DeliveryStatus::parse(&status) {
+            Some(status) if status.is_final() => Claim::Done(Recorded {
+                status,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                http_status: http_status.and_then(|code| u16::try_from(code).ok()),
+                reason: reason.as_deref().and_then(parse_reason),
+                result_published,
+            }),
+            _ => Claim::HeldElsewhere {
+                remaining: Duration::from_millis(remaining_ms.unwrap_or(0.0).max(0.0) as u64),
+            },
+        };
+        claims.insert(id, claim);
     }
+    Ok(claims)
 }
 
-fn parse_reason(text: &str) -> Option<ResultReason> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
-}
-
-/// Records the outcome of an attempt and releases the claim.
-pub async fn record(
+/// Records many attempts' outcomes and the subscriptions' health in one round
+/// trip. Returns the consecutive failures of each subscription that failed.
+pub async fn record_many(
     pool: &PgPool,
     event_id: &str,
-    subscription_id: Uuid,
-    status: DeliveryStatus,
-    http_status: Option<u16>,
-    reason: Option<ResultReason>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = $3, last_status_code = $4, reason = $5,
-             result_published = false, claimed_until = NULL, updated_at = now()
-         WHERE event_id = $1 AND subscription_id = $2",
+    outcomes: &[Outcome],
+) -> Result<std::collections::HashMap<Uuid, u32>, StoreError> {
+    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.subscription_id).collect();
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+    let codes: Vec<Option<i16>> = outcomes
+        .iter()
+        .map(|o| o.http_status.map(|code| code as i16))
+        .collect();
+    let reasons: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.reason.map(ResultReason::as_str))
+        .collect();
+    let health: Vec<i16> = outcomes.iter().map(|o| o.health.code()).collect();
+    let failures: Vec<(Uuid, i32)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[])
+                 AS t(id, status, code, reason, health)
+         ), recorded AS (
+             UPDATE deliveries SET status = input.status, last_status_code = input.code,
+                 reason = input.reason, result_published = false, claimed_until = NULL, updated_at = now()
+             FROM input WHERE deliveries.event_id = $1 AND deliveries.subscription_id = input.id
+         )
+         UPDATE subscriptions SET
+             last_success_at = CASE WHEN input.health = 1 THEN now() ELSE subscriptions.last_success_at END,
+             consecutive_failures = CASE WHEN input.health = 1 THEN 0 ELSE subscriptions.consecutive_failures + 1 END
+         FROM input WHERE subscriptions.id = input.id AND input.health <> 0
+         RETURNING subscriptions.id, subscriptions.consecutive_failures",
     )
     .bind(event_id)
-    .bind(subscription_id)
-    .bind(status.as_str())
-    .bind(http_status.map(|s| s as i16))
-    .bind(reason.map(ResultReason::as_str))
-    .execute(pool)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&reasons)
+    .bind(&health)
+    .fetch_all(pool)
     .await
-    .map(drop)
-    .map_err(db_error("recording a delivery"))
+    .map_err(db_error("recording deliveries"))?;
+    Ok(failures
+        .into_iter()
+        .filter(|(id, _)| {
+            outcomes
+                .iter()
+                .any(|o| o.subscription_id == *id && o.health == Health::Failure)
+        })
+        .map(|(id, n)| (id, u32::try_from(n).unwrap_or(0)))
+        .collect())
 }
 
-/// Notes that the result event of the recorded outcome was confirmed.
-pub async fn mark_result_published(
-    pool: &PgPool,
-    event_id: &str,
-    subscription_id: Uuid,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE deliveries SET result_published = true WHERE event_id = $1 AND subscription_id = $2")
-        .bind(event_id)
-        .bind(subscription_id)
-        .execute(pool)
-        .await
-        .map(drop)
-        .map_err(db_error("marking a result published"))
+/// Notes, in batches and off the delivery path, which results were
+/// confirmed. Losing a mark (a crash before the flush) only means a
+/// redelivery publishes that result again, with the same id.
+#[derive(Debug, Clone)]
+pub struct PublishedMarks {
+    sender: tokio::sync::mpsc::UnboundedSender<(String, Uuid)>,
 }
 
-/// The status and attempts of one delivery, for tests and operators.
-pub async fn status(
-    pool: &PgPool,
-    event_id: &str,
-    subscription_id: Uuid,
-) -> Result<Option<(DeliveryStatus, u32)>, StoreError> {
-    let row: Option<(String, i32)> = sqlx::query_as(
-        "SELECT status, attempts FROM deliveries WHERE event_id = $1 AND subscription_id = $2",
-    )
-    .bind(event_id)
-    .bind(subscription_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(db_error("reading a delivery"))?;
-    Ok(row.and_then(|(status, attempts)| {
-        DeliveryStatus::parse(&status).map(|status| (status, u32::try_from(attempts).unwrap_or(0)))
-    }))
+impl PublishedMarks {
+    /// Starts the flusher; it ends, after a last flush, when every handle is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(String, Uuid)>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while receiver.recv_many(&mut batch, 1000).await > 0 {
+                let (events, ids): (Vec<String>, Vec<Uuid>) = batch.drain(..).unzip();
+                let marked = sqlx::query(
+                    "UPDATE deliveries SET result_published = true
+                     FROM unnest($1::text[], $2::uuid[]) AS t(event_id, subscription_id)
+                     WHERE deliveries.event_id = t.event_id AND deliveries.subscription_id = t.subscription_id",
+                )
+                .bind(&events)
+                .bind(&ids)
+                .execute(&pool)
+                .await;
+                if let Err(err) = marked {
+                    tracing::warn!(error = %err, "marking results published failed; a redelivery would publish them again");
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    pub fn mark(&self, event_id: &str, subscription_id: Uuid) {
+        let _ = self.sender.send((event_id.to_owned(), subscription_id));
+    }
 }

@@ -74,8 +74,10 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
     let explicit = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
-    let loopback = matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
-        || options.get_host().starts_with('/');
+    let loopback = matches!(
+        options.get_host(),
+        "localhost" | "127.0.0.1" | "::1" | "[::1]"
+    ) || options.get_host().starts_with('/');
     Ok(if loopback && !explicit {
         options.ssl_mode(PgSslMode::Disable)
     } else {

@@ -158,30 +158,6 @@ pub async fn list(
     .map_err(db_error("listing subscriptions"))
 }
 
-pub async fn record_success(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE subscriptions SET last_success_at = now(), consecutive_failures = 0 WHERE id = $1",
-    )
-    .bind(id)
-    .execute(pool)
-    .await
-    .map(drop)
-    .map_err(db_error("recording a success"))
-}
-
-/// Counts a failure; returns the consecutive failures now on record.
-pub async fn record_failure(pool: &PgPool, id: Uuid) -> Result<u32, StoreError> {
-    let failures: Option<i32> = sqlx::query_scalar(
-        "UPDATE subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = $1
-         RETURNING consecutive_failures",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .map_err(db_error("recording a failure"))?;
-    Ok(failures.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
-}
-
 /// Stored subscriptions among `ids` (a retry's recipients; some may be gone since).
 pub async fn find_by_ids(
     pool: &PgPool,
