@@ -12,3 +12,7 @@ pub const SUBSCRIPTION_BINDING: &str = "pushq.subscription.*";
 /// Internal: a delivery waiting for its next attempt, back from a delay queue.
 /// Never published to the producer exchange; not part of the producer contract.
 pub const INTERNAL_RETRY: &str = "pushq.internal.retry";
+
+/// Internal: one id range of a large audience, delivered by whichever replica
+/// takes it. Like retries, never part of the producer contract.
+pub const INTERNAL_CHUNK: &str = "pushq.internal.chunk";

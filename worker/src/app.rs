@@ -83,6 +83,7 @@ impl App {
                     settings.retry_after_max,
                 ),
                 fanout_concurrency: 32,
+                fanout_chunk: settings.fanout_chunk,
                 max_consecutive_failures: settings.max_consecutive_failures,
                 source: format!("/pushq-worker/{consumer_tag}"),
             },

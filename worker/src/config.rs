@@ -46,6 +46,8 @@ pub struct Settings {
     pub retry_after_max: Duration,
     /// Consecutive failures after which a stored subscription is deleted; 0 never.
     pub max_consecutive_failures: u32,
+    /// Subscriptions per fan-out chunk.
+    pub fanout_chunk: usize,
     /// Unacked messages per queue per replica.
     pub prefetch: u16,
     pub shutdown_grace: Duration,
@@ -121,6 +123,8 @@ impl Settings {
             10,
             0,
         )?;
+        let fanout_chunk =
+            parse_number::<u32>("PUSHQ_FANOUT_CHUNK", get("PUSHQ_FANOUT_CHUNK"), 500, 1)? as usize;
         let prefetch = parse_number::<u16>("PUSHQ_PREFETCH", get("PUSHQ_PREFETCH"), 256, 1)?;
         let shutdown_grace = Duration::from_millis(parse_number::<u64>(
             "PUSHQ_SHUTDOWN_GRACE_MS",
@@ -162,6 +166,7 @@ impl Settings {
             retry_delays,
             retry_after_max,
             max_consecutive_failures,
+            fanout_chunk,
             prefetch,
             shutdown_grace,
             database_max_connections,

@@ -165,6 +165,16 @@ async fn publish_follow_ups(
                     )
                     .await?;
             }
+            FollowUp::Chunk { event } => {
+                publisher
+                    .publish(
+                        "",
+                        &topology.jobs_queue(),
+                        &event.to_structured_json(),
+                        properties.clone().with_message_id(event.id.clone().into()),
+                    )
+                    .await?;
+            }
             FollowUp::Exhausted { event, reason } => {
                 let origin = Origin {
                     exchange: String::new(),

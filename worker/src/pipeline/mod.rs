@@ -25,7 +25,7 @@ use crate::store::StoreError;
 use crate::store::deliveries::PublishedMarks;
 use crate::store::subscriptions;
 
-pub use notify::{REGISTRATION_SETTLE, RetryData};
+pub use notify::{ChunkData, REGISTRATION_SETTLE, RetryData};
 
 /// Header a replay adds, so that exhausted deliveries may be attempted again.
 pub const REPLAY_HEADER: &str = "x-pushq-replay";
@@ -57,6 +57,8 @@ impl Outcome {
 pub enum FollowUp {
     /// An internal retry event, to the delay queue of `delay_ms`.
     Retry { delay_ms: u64, event: CloudEvent },
+    /// An internal chunk event of a large audience, to the jobs queue.
+    Chunk { event: CloudEvent },
     /// An internal retry event whose retries are used up, to the dead-letter
     /// queue, from where `pushq-worker dead replay` sends it back to the jobs queue.
     Exhausted {
@@ -80,6 +82,8 @@ pub struct PipelineSettings {
     pub schedule: RetrySchedule,
     /// Deliveries of one notification in flight at once.
     pub fanout_concurrency: usize,
+    /// Subscriptions per fan-out chunk: a user or tag with more is split.
+    pub fanout_chunk: usize,
     /// Consecutive failures after which a stored subscription is deleted; 0 never.
     pub max_consecutive_failures: u32,
     /// `source` of the events this worker publishes.
@@ -133,6 +137,9 @@ impl Pipeline {
             Ok(event) => event,
             Err(invalid) => return Outcome::DeadLetter(invalid),
         };
+        if event.event_type == event_types::INTERNAL_CHUNK {
+            return self.chunk(&event, publisher).await;
+        }
         if event.event_type == event_types::INTERNAL_RETRY {
             let replay =
                 header_str(properties.headers().as_ref(), REPLAY_HEADER).as_deref() == Some("true");

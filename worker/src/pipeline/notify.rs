@@ -13,6 +13,7 @@ use pushq_schemas::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::{DEPENDENCY_BACKOFF, FollowUp, Outcome, Pipeline};
@@ -23,7 +24,7 @@ use crate::results;
 use crate::retry::RetryDecision;
 use crate::store::StoreError;
 use crate::store::deliveries::{self, Claim, DeliveryStatus, Health};
-use crate::store::subscriptions::{self, StoredSubscription};
+use crate::store::subscriptions::{self, Audience, StoredSubscription};
 
 /// How long after its creation an event with no matching subscription is
 /// looked up again (see [`Pipeline::resolve_after_settling`]).
@@ -42,6 +43,30 @@ pub struct RetryData {
     /// When a worker first received the notification: its TTL clock if the
     /// event has no `time`.
     pub first_received: DateTime<Utc>,
+}
+
+/// The data of a `pushq.internal.chunk` event: the audience members with
+/// `after < id <= until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkData {
+    pub event: serde_json::Value,
+    pub after: Option<Uuid>,
+    pub until: Uuid,
+    pub first_received: DateTime<Utc>,
+}
+
+/// Who a notification goes to.
+enum Resolved {
+    Recipients(Vec<Recipient>),
+    /// Too many for one worker: id ranges of the audience, one event each.
+    Chunks(Vec<(Option<Uuid>, Uuid)>),
+    Refused(InvalidEvent),
+}
+
+impl Resolved {
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Recipients(recipients) if recipients.is_empty())
+    }
 }
 
 /// One notification being delivered.
@@ -102,18 +127,33 @@ impl Pipeline {
             first_received: received_at,
             replay: false,
         };
-        let recipients = match self.resolve(send).await {
-            Ok(Ok(recipients)) => recipients,
-            Ok(Err(refused)) => return Outcome::DeadLetter(refused),
+        let mut resolved = match self.resolve(send).await {
+            Ok(resolved) => resolved,
             Err(err) => return interrupted(event, &Interrupted::Store(err)),
         };
-        let recipients = if recipients.is_empty() && !matches!(send.to, Target::Subscription(_)) {
-            match self.resolve_after_settling(send, job.ttl_started).await {
-                Ok(recipients) => recipients,
+        if resolved.is_empty() && !matches!(send.to, Target::Subscription(_)) {
+            resolved = match self.resolve_after_settling(send, job.ttl_started).await {
+                Ok(resolved) => resolved,
                 Err(err) => return interrupted(event, &Interrupted::Store(err)),
+            };
+        }
+        let recipients = match resolved {
+            Resolved::Recipients(recipients) => recipients,
+            Resolved::Refused(refused) => return Outcome::DeadLetter(refused),
+            Resolved::Chunks(ranges) => {
+                tracing::info!(event_id = %event.id, chunks = ranges.len(), "fanning out in chunks");
+                let follow_ups = ranges
+                    .into_iter()
+                    .map(|(after, until)| FollowUp::Chunk {
+                        event: self.internal_event(
+                            &job,
+                            event_types::INTERNAL_CHUNK,
+                            json!({"after": after, "until": until}),
+                        ),
+                    })
+                    .collect();
+                return Outcome::Ack { follow_ups };
             }
-        } else {
-            recipients
         };
         if recipients.is_empty() {
             tracing::info!(event_id = %event.id, target = send.to.kind(), "no subscription matches; skipped");
@@ -156,22 +196,8 @@ impl Pipeline {
         else {
             return Outcome::DeadLetter(InvalidEvent::data("a retry event's data is not a retry"));
         };
-        let notification = match serde_json::to_vec(&data.event)
-            .map_err(|err| InvalidEvent::data(err.to_string()))
-            .and_then(|bytes| CloudEvent::from_structured(&bytes))
-        {
-            Ok(notification) => notification,
-            Err(invalid) => return Outcome::DeadLetter(invalid),
-        };
-        let send = match ProducerEvent::parse(&notification.event_type, notification.data.as_ref())
-        {
-            Ok(ProducerEvent::Send(send)) => send,
-            Ok(_) => {
-                return Outcome::DeadLetter(InvalidEvent::new(
-                    InvalidKind::UnknownType,
-                    "a retry carries an event that is not a notification",
-                ));
-            }
+        let (notification, send) = match carried_notification(&data.event) {
+            Ok(carried) => carried,
             Err(invalid) => return Outcome::DeadLetter(invalid),
         };
         let job = Job {
@@ -187,6 +213,50 @@ impl Pipeline {
         };
         // Recipients deleted since (gone, unregistered) simply drop out.
         self.deliver_all(&job, recipients, publisher).await
+    }
+
+    /// A `pushq.internal.chunk` event: one id range of a large audience.
+    pub(super) async fn chunk(&self, event: &CloudEvent, publisher: &Publisher) -> Outcome {
+        let Some(data) = event
+            .data
+            .clone()
+            .and_then(|data| serde_json::from_value::<ChunkData>(data).ok())
+        else {
+            return Outcome::DeadLetter(InvalidEvent::data("a chunk event's data is not a chunk"));
+        };
+        let (notification, send) = match carried_notification(&data.event) {
+            Ok(carried) => carried,
+            Err(invalid) => return Outcome::DeadLetter(invalid),
+        };
+        let audience = match &send.to {
+            Target::User(user) => Audience::User(user),
+            Target::Tag(tag) => Audience::Tag(tag),
+            _ => {
+                return Outcome::DeadLetter(InvalidEvent::data(
+                    "a chunk carries a notification to a single subscription",
+                ));
+            }
+        };
+        let job = Job {
+            notification: &notification,
+            send: &send,
+            ttl_started: notification.time.unwrap_or(data.first_received),
+            first_received: data.first_received,
+            replay: false,
+        };
+        // The range held one chunk when it was cut; twice that bounds a page
+        // even if subscriptions were re-registered into it since.
+        let limit = i64::try_from(self.settings.fanout_chunk.max(1) * 2).unwrap_or(i64::MAX);
+        let page =
+            subscriptions::audience_page(&self.pool, audience, data.after, Some(data.until), limit)
+                .await;
+        match page {
+            Ok(page) => {
+                let recipients = page.into_iter().map(Recipient::from).collect();
+                self.deliver_all(&job, recipients, publisher).await
+            }
+            Err(err) => interrupted(&notification, &Interrupted::Store(err)),
+        }
     }
 
     /// Delivers to every recipient of one notification (or one retry of it)
@@ -584,46 +654,92 @@ impl Batch {
 
 impl Pipeline {
     fn retry_event(&self, job: &Job<'_>, subscriptions: Vec<Uuid>) -> CloudEvent {
-        let data = RetryData {
-            event: serde_json::from_slice(&job.notification.to_structured_json())
-                .unwrap_or_default(),
-            subscriptions,
-            first_received: job.first_received,
-        };
-        let mut event = CloudEvent::new(
+        self.internal_event(
+            job,
             event_types::INTERNAL_RETRY,
-            &self.settings.source,
-            serde_json::to_value(data).unwrap_or_default(),
-        );
+            json!({ "subscriptions": subscriptions }),
+        )
+    }
+
+    /// An internal event carrying the notification, when a worker first got
+    /// it, and `extra` fields; it continues the notification's trace.
+    fn internal_event(
+        &self,
+        job: &Job<'_>,
+        event_type: &str,
+        extra: serde_json::Value,
+    ) -> CloudEvent {
+        let mut data = json!({
+            "event": serde_json::from_slice::<serde_json::Value>(&job.notification.to_structured_json())
+                .unwrap_or_default(),
+            "first_received": job.first_received,
+        });
+        if let (Some(data), serde_json::Value::Object(extra)) = (data.as_object_mut(), extra) {
+            data.extend(extra);
+        }
+        let mut event = CloudEvent::new(event_type, &self.settings.source, data);
         event.traceparent = job.notification.traceparent.clone();
         event.tracestate = job.notification.tracestate.clone();
         event
     }
 
-    /// The recipients of a target. A one-off subscription the endpoint policy
-    /// refuses is the event's fault: `Ok(Err(dead letter reason))`.
-    async fn resolve(
-        &self,
-        send: &NotificationSend,
-    ) -> Result<Result<Vec<Recipient>, InvalidEvent>, StoreError> {
-        let stored = match &send.to {
-            Target::User(user) => subscriptions::find_by_user(&self.pool, user).await?,
-            Target::Tag(tag) => subscriptions::find_by_tag(&self.pool, tag).await?,
+    /// Who a notification goes to. A user or tag with more subscriptions than
+    /// one chunk is split into id ranges instead, each delivered by its own
+    /// internal event, so every replica shares the work and no worker holds a
+    /// whole audience. A one-off subscription the endpoint policy refuses is
+    /// the event's fault.
+    async fn resolve(&self, send: &NotificationSend) -> Result<Resolved, StoreError> {
+        let chunk = self.settings.fanout_chunk.max(1);
+        let stored: Vec<StoredSubscription> = match &send.to {
+            Target::User(user) => {
+                return self.resolve_audience(Audience::User(user), chunk).await;
+            }
+            Target::Tag(tag) => return self.resolve_audience(Audience::Tag(tag), chunk).await,
             Target::Endpoint(endpoint) => subscriptions::find_by_endpoint(&self.pool, endpoint)
                 .await?
                 .into_iter()
                 .collect(),
             Target::Subscription(subscription) => {
                 if let Err(refusal) = self.push.policy().check(&subscription.endpoint) {
-                    return Ok(Err(InvalidEvent::new(
+                    return Ok(Resolved::Refused(InvalidEvent::new(
                         InvalidKind::EndpointRefused,
                         refusal.0,
                     )));
                 }
-                return Ok(Ok(one_off(send).into_iter().collect()));
+                return Ok(Resolved::Recipients(one_off(send).into_iter().collect()));
             }
         };
-        Ok(Ok(stored.into_iter().map(Recipient::from).collect()))
+        Ok(Resolved::Recipients(
+            stored.into_iter().map(Recipient::from).collect(),
+        ))
+    }
+
+    async fn resolve_audience(
+        &self,
+        audience: Audience<'_>,
+        chunk: usize,
+    ) -> Result<Resolved, StoreError> {
+        let limit = i64::try_from(chunk).unwrap_or(i64::MAX);
+        let first =
+            subscriptions::audience_page(&self.pool, audience, None, None, limit + 1).await?;
+        if first.len() <= chunk {
+            return Ok(Resolved::Recipients(
+                first.into_iter().map(Recipient::from).collect(),
+            ));
+        }
+        drop(first);
+        let mut ranges = Vec::new();
+        let mut after = None;
+        loop {
+            let ids = subscriptions::audience_ids(&self.pool, audience, after, limit).await?;
+            let Some(&last) = ids.last() else { break };
+            ranges.push((after, last));
+            after = Some(last);
+            if ids.len() < chunk {
+                break;
+            }
+        }
+        Ok(Resolved::Chunks(ranges))
     }
 
     /// A retry's recipients, by id.
@@ -652,15 +768,15 @@ impl Pipeline {
         &self,
         send: &NotificationSend,
         ttl_started: DateTime<Utc>,
-    ) -> Result<Vec<Recipient>, StoreError> {
+    ) -> Result<Resolved, StoreError> {
         let age = (Utc::now() - ttl_started)
             .to_std()
             .unwrap_or(Duration::ZERO);
         let Some(wait) = REGISTRATION_SETTLE.checked_sub(age) else {
-            return Ok(Vec::new());
+            return Ok(Resolved::Recipients(Vec::new()));
         };
         tokio::time::sleep(wait).await;
-        Ok(self.resolve(send).await?.unwrap_or_default())
+        self.resolve(send).await
     }
 }
 
@@ -668,6 +784,23 @@ fn interrupted(event: &CloudEvent, err: &Interrupted) -> Outcome {
     tracing::warn!(event_id = %event.id, error = %err, "interrupted; the event goes back to the queue");
     Outcome::Requeue {
         after: DEPENDENCY_BACKOFF,
+    }
+}
+
+/// The notification an internal event carries, checked again: it may have
+/// been replayed from a dead letter an operator edited.
+fn carried_notification(
+    event: &serde_json::Value,
+) -> Result<(CloudEvent, NotificationSend), InvalidEvent> {
+    let notification = serde_json::to_vec(event)
+        .map_err(|err| InvalidEvent::data(err.to_string()))
+        .and_then(|bytes| CloudEvent::from_structured(&bytes))?;
+    match ProducerEvent::parse(&notification.event_type, notification.data.as_ref())? {
+        ProducerEvent::Send(send) => Ok((notification, send)),
+        _ => Err(InvalidEvent::new(
+            InvalidKind::UnknownType,
+            "an internal event carries an event that is not a notification",
+        )),
     }
 }
 

@@ -95,30 +95,73 @@ pub async fn delete_by_id(pool: &PgPool, id: Uuid) -> Result<u64, StoreError> {
         .map_err(db_error("deleting a gone subscription"))
 }
 
-/// Live (unexpired) subscriptions of a user.
-pub async fn find_by_user(
+/// A user's or a tag's subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    User(&'a str),
+    Tag(&'a str),
+}
+
+impl Audience<'_> {
+    fn condition(self) -> &'static str {
+        match self {
+            Self::User(_) => "user_id = $1",
+            Self::Tag(_) => "tags @> ARRAY[$1]",
+        }
+    }
+
+    fn key(self) -> String {
+        match self {
+            Self::User(key) | Self::Tag(key) => key.to_owned(),
+        }
+    }
+}
+
+/// Live subscriptions of an audience with `after < id <= until` (either end
+/// open), by id, at most `limit`: keyset pagination, so a page costs the same
+/// wherever it starts.
+pub async fn audience_page(
     pool: &PgPool,
-    user: &str,
+    audience: Audience<'_>,
+    after: Option<Uuid>,
+    until: Option<Uuid>,
+    limit: i64,
 ) -> Result<Vec<StoredSubscription>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM subscriptions
-         WHERE user_id = $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
+         WHERE {} AND ($2::uuid IS NULL OR id > $2) AND ($3::uuid IS NULL OR id <= $3)
+           AND (expires_at IS NULL OR expires_at > now())
+         ORDER BY id LIMIT $4",
+        audience.condition()
     )))
-    .bind(user)
+    .bind(audience.key())
+    .bind(after)
+    .bind(until)
+    .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(db_error("looking up a user's subscriptions"))
+    .map_err(db_error("looking up an audience"))
 }
 
-pub async fn find_by_tag(pool: &PgPool, tag: &str) -> Result<Vec<StoredSubscription>, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM subscriptions
-         WHERE tags @> ARRAY[$1] AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
+/// The ids only of the next page of an audience after `after`.
+pub async fn audience_ids(
+    pool: &PgPool,
+    audience: Audience<'_>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM subscriptions
+         WHERE {} AND ($2::uuid IS NULL OR id > $2) AND (expires_at IS NULL OR expires_at > now())
+         ORDER BY id LIMIT $3",
+        audience.condition()
     )))
-    .bind(tag)
+    .bind(audience.key())
+    .bind(after)
+    .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(db_error("looking up a tag's subscriptions"))
+    .map_err(db_error("paging through an audience"))
 }
 
 pub async fn find_by_endpoint(

@@ -242,3 +242,37 @@ async fn a_send_right_after_its_registration_is_delivered() {
     assert_eq!(received.len(), 5);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_audience_is_delivered_in_chunks_once_each() {
+    let app = TestApp::spawn_with(&[("PUSHQ_FANOUT_CHUNK", "10")]).await;
+    let mut results = app.watch_results().await;
+    let crowd: Vec<_> = (0..25).map(|_| app.browser()).collect();
+    for (i, browser) in crowd.iter().enumerate() {
+        app.register(browser, &format!("fan-{i}"), &["crowd"]).await;
+    }
+    app.producer
+        .send(&NotificationSend::new(
+            Target::Tag("crowd".into()),
+            Some(json!("to all")),
+        ))
+        .await
+        .expect("published");
+    app.fake
+        .wait_for_received(25, WAIT)
+        .await
+        .expect("all delivered");
+    for browser in &crowd {
+        assert_eq!(app.fake.received_by(browser).len(), 1);
+    }
+    let got = results.next(25).await;
+    assert!(
+        got.iter()
+            .all(|r| r.event_type == "pushq.delivery.succeeded")
+    );
+    results
+        .none_within(std::time::Duration::from_millis(300))
+        .await;
+    results.close().await;
+    app.stop().await;
+}
