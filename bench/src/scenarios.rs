@@ -160,6 +160,8 @@ impl Bench {
                 "mailto:bench@pushq.example".to_owned(),
             ),
             ("PUSHQ_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            // The sink is an unknown origin; its default rate would cap the run.
+            ("PUSHQ_RATE_LIMIT_DEFAULT", "0".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ]
         .into_iter()

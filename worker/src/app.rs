@@ -17,6 +17,7 @@ use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError, consumer, topology};
 use crate::config::{ConfigError, Settings};
 use crate::pipeline::{Pipeline, PipelineSettings, Source};
+use crate::push::limits::Limits;
 use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
 use crate::retry::RetrySchedule;
 use crate::store::{self, StoreError, subscriptions};
@@ -66,9 +67,11 @@ impl App {
         let pool =
             store::prepare(settings.database_url(), settings.database_max_connections).await?;
         let signer = VapidSigner::new(key, subject).map_err(|_| BuildError::Vapid)?;
+        let limits = Limits::new(settings.limits.clone());
         let push = PushClient::new(
             signer,
             settings.endpoint_policy.clone(),
+            limits,
             &HttpSettings::default(),
         )
         .map_err(BuildError::Http)?;

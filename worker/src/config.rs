@@ -8,6 +8,9 @@ use pushq_schemas::Topology;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::push::endpoint_policy::DEFAULT_ENDPOINT_HOSTS;
+use crate::push::limits::{
+    DEFAULT_RATE_LIMIT, DEFAULT_RATE_LIMITS, LimitSettings, parse_rate_limits,
+};
 use crate::push::{EndpointPolicy, VapidPrivateKey};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -48,6 +51,8 @@ pub struct Settings {
     pub max_consecutive_failures: u32,
     /// Subscriptions per fan-out chunk.
     pub fanout_chunk: usize,
+    /// Rates and requests in flight.
+    pub limits: LimitSettings,
     /// Unacked messages per queue per replica.
     pub prefetch: u16,
     pub shutdown_grace: Duration,
@@ -126,6 +131,40 @@ impl Settings {
         let fanout_chunk =
             parse_number::<u32>("PUSHQ_FANOUT_CHUNK", get("PUSHQ_FANOUT_CHUNK"), 500, 1)? as usize;
         let prefetch = parse_number::<u16>("PUSHQ_PREFETCH", get("PUSHQ_PREFETCH"), 256, 1)?;
+        let limits = LimitSettings {
+            per_host: parse_rate_limits(
+                &get("PUSHQ_RATE_LIMITS").unwrap_or_else(|| DEFAULT_RATE_LIMITS.into()),
+            )
+            .map_err(|why| {
+                ConfigError(format!(
+                    "PUSHQ_RATE_LIMITS must list host=per_second entries separated by commas: {why}"
+                ))
+            })?,
+            default_per_second: parse_number::<u32>(
+                "PUSHQ_RATE_LIMIT_DEFAULT",
+                get("PUSHQ_RATE_LIMIT_DEFAULT"),
+                DEFAULT_RATE_LIMIT,
+                0,
+            )?,
+            global_per_second: parse_number::<u32>(
+                "PUSHQ_RATE_LIMIT_GLOBAL",
+                get("PUSHQ_RATE_LIMIT_GLOBAL"),
+                0,
+                0,
+            )?,
+            max_in_flight: parse_number::<u32>(
+                "PUSHQ_MAX_IN_FLIGHT",
+                get("PUSHQ_MAX_IN_FLIGHT"),
+                256,
+                1,
+            )? as usize,
+            max_in_flight_per_origin: parse_number::<u32>(
+                "PUSHQ_MAX_IN_FLIGHT_PER_ORIGIN",
+                get("PUSHQ_MAX_IN_FLIGHT_PER_ORIGIN"),
+                128,
+                1,
+            )? as usize,
+        };
         let shutdown_grace = Duration::from_millis(parse_number::<u64>(
             "PUSHQ_SHUTDOWN_GRACE_MS",
             get("PUSHQ_SHUTDOWN_GRACE_MS"),
@@ -167,6 +206,7 @@ impl Settings {
             retry_after_max,
             max_consecutive_failures,
             fanout_chunk,
+            limits,
             prefetch,
             shutdown_grace,
             database_max_connections,

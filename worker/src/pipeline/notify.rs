@@ -356,20 +356,45 @@ impl Pipeline {
         }
         let payload = job.send.payload_bytes();
         let remaining_ttl = u32::try_from(ttl.saturating_sub(age).as_secs()).unwrap_or(u32::MAX);
-        let answers: Vec<(Recipient, String, u32, Verdict, Option<u16>)> = stream::iter(to_send)
+        #[allow(clippy::type_complexity)]
+        let answers: Vec<(
+            Recipient,
+            String,
+            u32,
+            Result<(Verdict, Option<u16>), Duration>,
+        )> = stream::iter(to_send)
             .map(|(recipient, origin, attempt)| {
                 let payload = &payload;
                 async move {
-                    let (verdict, status) = self
+                    let answer = self
                         .send_one(job, &recipient, &origin, payload, remaining_ttl)
                         .await;
-                    (recipient, origin, attempt, verdict, status)
+                    (recipient, origin, attempt, answer)
                 }
             })
             .buffer_unordered(self.settings.fanout_concurrency.max(1))
             .collect()
             .await;
-        for (recipient, origin, attempt, verdict, status) in answers {
+        for (recipient, origin, attempt, answer) in answers {
+            let (verdict, status) = match answer {
+                Ok(answer) => answer,
+                Err(wait) => {
+                    // Deferred by our own rate limit: back to a delay queue,
+                    // and the attempt does not count.
+                    batch.retry(recipient.id, self.settings.schedule.tier_for_pause(wait));
+                    let mut deferred = Concluded::new(
+                        recipient,
+                        origin,
+                        attempt,
+                        DeliveryStatus::Retrying,
+                        None,
+                        Some(ResultReason::Throttled),
+                    );
+                    deferred.attempt_counts = false;
+                    concluded.push(deferred);
+                    continue;
+                }
+            };
             let (delivery_status, reason) = match verdict {
                 Verdict::Delivered => (DeliveryStatus::Delivered, None),
                 Verdict::Gone => {
@@ -437,7 +462,8 @@ impl Pipeline {
         self.record_and_publish(job, concluded, publisher).await
     }
 
-    /// Encrypts, signs and POSTs one message; what the answer means.
+    /// Encrypts, signs and POSTs one message; what the answer means, or
+    /// `Err(wait)` when our own rate limit deferred it unsent.
     async fn send_one(
         &self,
         job: &Job<'_>,
@@ -445,7 +471,7 @@ impl Pipeline {
         origin: &str,
         payload: &[u8],
         remaining_ttl: u32,
-    ) -> (Verdict, Option<u16>) {
+    ) -> Result<(Verdict, Option<u16>), Duration> {
         let result = self
             .push
             .deliver(PushMessage {
@@ -459,17 +485,18 @@ impl Pipeline {
             })
             .await;
         match result {
-            Ok(response) => (
+            Ok(response) => Ok((
                 classify_status(
                     response.status,
                     response.retry_after.as_deref(),
                     SystemTime::now(),
                 ),
                 Some(response.status),
-            ),
+            )),
+            Err(DeliveryError::Deferred(wait)) => Err(wait),
             Err(err) => {
                 tracing::debug!(push_service = %origin, error = %err, "no answer from the push service");
-                (verdict_for_error(&err), None)
+                Ok((verdict_for_error(&err), None))
             }
         }
     }
@@ -494,6 +521,7 @@ impl Pipeline {
                 status: c.status,
                 http_status: c.http_status,
                 reason: c.reason,
+                attempt_counts: c.attempt_counts,
                 health: match (c.recipient.stored, c.status) {
                     (true, DeliveryStatus::Delivered) => Health::Success,
                     (true, DeliveryStatus::Failed | DeliveryStatus::Exhausted) => Health::Failure,
@@ -569,6 +597,9 @@ struct Concluded {
     retry_in_ms: Option<u64>,
     /// Recorded by an earlier attempt; only its result is missing.
     already_recorded: bool,
+    /// False for a delivery our own limiter deferred before sending: it is
+    /// not an attempt, and no result is published for it.
+    attempt_counts: bool,
 }
 
 impl Concluded {
@@ -589,10 +620,14 @@ impl Concluded {
             reason,
             retry_in_ms: None,
             already_recorded: false,
+            attempt_counts: true,
         }
     }
 
     fn result_type(&self) -> Option<ResultType> {
+        if !self.attempt_counts {
+            return None;
+        }
         match self.status {
             DeliveryStatus::Delivered => Some(ResultType::Succeeded),
             DeliveryStatus::Gone => Some(ResultType::Gone),
@@ -832,6 +867,11 @@ fn verdict_for_error(err: &DeliveryError) -> Verdict {
         DeliveryError::Encrypt(_) | DeliveryError::Keys(_) | DeliveryError::Vapid => {
             Verdict::Failed(ResultReason::BadRequest)
         }
+        // Handled before classification: a deferral is not an attempt.
+        DeliveryError::Deferred(wait) => Verdict::Retry {
+            reason: ResultReason::Throttled,
+            after: Some(*wait),
+        },
     }
 }
 

@@ -10,6 +10,7 @@ use ring::rand::SystemRandom;
 
 use super::ece::{self, EncryptError, UserAgentKeys};
 use super::endpoint_policy::{EndpointPolicy, Refusal};
+use super::limits::{Admission, Limits};
 use super::vapid::VapidSigner;
 
 #[derive(Debug, Clone)]
@@ -57,6 +58,10 @@ pub enum DeliveryError {
     Keys(String),
     #[error("could not sign the VAPID token")]
     Vapid,
+    /// Our own rate limit for this push service asks for a longer wait than
+    /// is worth holding a worker for; nothing was sent.
+    #[error("rate limited here for {0:?}")]
+    Deferred(Duration),
     #[error("the push service did not answer in time")]
     Timeout,
     #[error("could not connect to the push service")]
@@ -77,6 +82,7 @@ pub struct PushClient {
     rng: SystemRandom,
     vapid: VapidSigner,
     policy: EndpointPolicy,
+    limits: Limits,
 }
 
 /// rustls needs one process-wide crypto provider before any client is built;
@@ -89,6 +95,7 @@ impl PushClient {
     pub fn new(
         vapid: VapidSigner,
         policy: EndpointPolicy,
+        limits: Limits,
         settings: &HttpSettings,
     ) -> Result<Self, reqwest::Error> {
         install_crypto_provider();
@@ -105,6 +112,7 @@ impl PushClient {
             rng: SystemRandom::new(),
             vapid,
             policy,
+            limits,
         })
     }
 
@@ -123,6 +131,14 @@ impl PushClient {
             .check(message.endpoint)
             .map_err(DeliveryError::Refused)?;
         let origin = url.origin().ascii_serialization();
+        let _permits = match self
+            .limits
+            .admit(&origin, url.host_str().unwrap_or_default())
+            .await
+        {
+            Admission::Go(permits) => permits,
+            Admission::Defer(wait) => return Err(DeliveryError::Deferred(wait)),
+        };
         let authorization = self
             .vapid
             .authorization(&origin)

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod client;
 pub mod ece;
 pub mod endpoint_policy;
+pub mod limits;
 pub mod pauses;
 pub mod vapid;
 

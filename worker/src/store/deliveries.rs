@@ -110,6 +110,9 @@ pub struct Outcome {
     pub http_status: Option<u16>,
     pub reason: Option<ResultReason>,
     pub health: Health,
+    /// False when nothing was sent (deferred by our own limiter): the claim's
+    /// attempt is given back.
+    pub attempt_counts: bool,
 }
 
 /// Claims deliveries of one notification, in one round trip, each with a
@@ -219,12 +222,14 @@ pub async fn record_many(
         .map(|o| o.reason.map(ResultReason::as_str))
         .collect();
     let health: Vec<i16> = outcomes.iter().map(|o| o.health.code()).collect();
+    let uncounted: Vec<bool> = outcomes.iter().map(|o| !o.attempt_counts).collect();
     let failures: Vec<(Uuid, i32)> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM unnest($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[])
-                 AS t(id, status, code, reason, health)
+             SELECT * FROM unnest($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[], $7::bool[])
+                 AS t(id, status, code, reason, health, uncounted)
          ), recorded AS (
              UPDATE deliveries SET status = input.status, last_status_code = input.code,
+                 attempts = CASE WHEN input.uncounted THEN deliveries.attempts - 1 ELSE deliveries.attempts END,
                  reason = input.reason, result_published = false, claimed_until = NULL, updated_at = now()
              FROM input WHERE deliveries.event_id = $1 AND deliveries.subscription_id = input.id
          )
@@ -240,6 +245,7 @@ pub async fn record_many(
     .bind(&codes)
     .bind(&reasons)
     .bind(&health)
+    .bind(&uncounted)
     .fetch_all(pool)
     .await
     .map_err(db_error("recording deliveries"))?;

@@ -382,3 +382,44 @@ async fn a_subscription_failing_again_and_again_is_dropped_and_an_expired_one_is
     results.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_rate_limit_defers_without_spending_attempts() {
+    let app = TestApp::spawn_with(&[
+        ("PUSHQ_RATE_LIMIT_DEFAULT", "2"),
+        ("PUSHQ_RETRY_AFTER_MAX_MS", "2000"),
+    ])
+    .await;
+    let mut results = app.watch_results().await;
+    let devices: Vec<_> = (0..6).map(|_| app.browser()).collect();
+    for device in &devices {
+        app.register(device, "uma", &[]).await;
+    }
+    let started = Instant::now();
+    app.producer
+        .send(&NotificationSend::new(
+            Target::User("uma".into()),
+            Some(json!("paced")),
+        ))
+        .await
+        .expect("published");
+    app.fake
+        .wait_for_received(6, WAIT)
+        .await
+        .expect("all delivered");
+    // 2 per second with a burst of 2: the last two cannot arrive before 2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let got = results.next(6).await;
+    assert!(
+        got.iter()
+            .all(|r| r.event_type == "pushq.delivery.succeeded" && r.data.attempt == 1),
+        "{got:#?}"
+    );
+    assert_eq!(app.fake.answered().len(), 6, "nothing was sent twice");
+    results.close().await;
+    app.stop().await;
+}
