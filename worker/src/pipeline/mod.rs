@@ -90,6 +90,9 @@ pub struct PipelineSettings {
     pub source: String,
 }
 
+/// See [`Pipeline::chunk_slots`].
+const CHUNKS_AT_ONCE: usize = 2;
+
 /// A pause before handing back a message whose dependency failed.
 pub const DEPENDENCY_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -99,6 +102,10 @@ pub struct Pipeline {
     push: PushClient,
     pauses: Arc<OriginPauses>,
     marks: PublishedMarks,
+    /// Chunks of large audiences delivered at once by this replica: enough to
+    /// keep every request slot busy, few enough that memory stays bounded
+    /// however many chunks the prefetch brings in.
+    chunk_slots: tokio::sync::Semaphore,
     settings: PipelineSettings,
 }
 
@@ -109,6 +116,7 @@ impl Pipeline {
             pool,
             push,
             pauses: Arc::new(OriginPauses::default()),
+            chunk_slots: tokio::sync::Semaphore::new(CHUNKS_AT_ONCE),
             settings,
         }
     }

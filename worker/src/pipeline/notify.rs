@@ -244,6 +244,11 @@ impl Pipeline {
             first_received: data.first_received,
             replay: false,
         };
+        let Ok(_slot) = self.chunk_slots.acquire().await else {
+            return Outcome::Requeue {
+                after: DEPENDENCY_BACKOFF,
+            };
+        };
         // The range held one chunk when it was cut; twice that bounds a page
         // even if subscriptions were re-registered into it since.
         let limit = i64::try_from(self.settings.fanout_chunk.max(1) * 2).unwrap_or(i64::MAX);
