@@ -70,7 +70,7 @@ impl Resolved {
 }
 
 /// One notification being delivered.
-struct Job<'a> {
+pub(super) struct Job<'a> {
     notification: &'a CloudEvent,
     send: &'a NotificationSend,
     ttl_started: DateTime<Utc>,
@@ -78,8 +78,17 @@ struct Job<'a> {
     replay: bool,
 }
 
+impl Job<'_> {
+    /// How long the notification's TTL clock has been running.
+    fn age(&self) -> Duration {
+        (Utc::now() - self.ttl_started)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
 /// One subscription a notification goes to.
-struct Recipient {
+pub(super) struct Recipient {
     /// The stored id, or for a one-off subscription a UUID derived from its endpoint.
     id: Uuid,
     stored: bool,
@@ -264,86 +273,103 @@ impl Pipeline {
         }
     }
 
-    /// Delivers to every recipient of one notification (or one retry of it)
-    /// with a constant number of database round trips: claim all, send all,
-    /// record all, publish every result with pipelined confirms.
+    /// Delivers to every recipient of one notification (or one retry of it).
     async fn deliver_all(
         &self,
         job: &Job<'_>,
         recipients: Vec<Recipient>,
         publisher: &Publisher,
     ) -> Outcome {
-        let mut batch = Batch::default();
-        let mut to_claim = Vec::with_capacity(recipients.len());
-        for recipient in recipients {
-            let origin = endpoint_origin(&recipient.endpoint);
-            match self.pauses.remaining(&origin) {
-                // Not an attempt: the push service asked us to wait.
-                Some(pause) => {
-                    batch.retry(recipient.id, self.settings.schedule.tier_for_pause(pause))
+        let mut outcomes = self.deliver_many(&[job], vec![recipients], publisher).await;
+        outcomes.pop().unwrap_or_else(Outcome::ack)
+    }
+
+    /// Delivers the recipients of several notifications together, with a
+    /// constant number of database round trips for the lot: claim all, send
+    /// all, record all, publish every result with pipelined confirms. Returns
+    /// one outcome per job.
+    pub(super) async fn deliver_many(
+        &self,
+        jobs: &[&Job<'_>],
+        recipients: Vec<Vec<Recipient>>,
+        publisher: &Publisher,
+    ) -> Vec<Outcome> {
+        let mut batches: Vec<Batch> = jobs.iter().map(|_| Batch::default()).collect();
+        let mut to_claim = Vec::new();
+        for (index, recipients) in recipients.into_iter().enumerate() {
+            let mut seen = std::collections::HashSet::new();
+            for recipient in recipients {
+                if !seen.insert(recipient.id) {
+                    continue;
                 }
-                None => to_claim.push((recipient, origin)),
+                let origin = endpoint_origin(&recipient.endpoint);
+                match self.pauses.remaining(&origin) {
+                    // Not an attempt: the push service asked us to wait.
+                    Some(pause) => batches[index]
+                        .retry(recipient.id, self.settings.schedule.tier_for_pause(pause)),
+                    None => to_claim.push(Pending {
+                        job: index,
+                        recipient,
+                        origin,
+                    }),
+                }
             }
         }
-        to_claim.sort_by_key(|(recipient, _)| recipient.id);
-        to_claim.dedup_by_key(|(recipient, _)| recipient.id);
-        match self.attempt_all(job, to_claim, &mut batch, publisher).await {
-            Ok(()) => batch.into_outcome(self, job),
-            Err(err) => interrupted(job.notification, &err),
+        match self
+            .attempt_all(jobs, to_claim, &mut batches, publisher)
+            .await
+        {
+            Ok(()) => batches
+                .into_iter()
+                .zip(jobs)
+                .map(|(batch, job)| batch.into_outcome(self, job))
+                .collect(),
+            Err(err) => jobs
+                .iter()
+                .map(|job| interrupted(job.notification, &err))
+                .collect(),
         }
     }
 
     async fn attempt_all(
         &self,
-        job: &Job<'_>,
-        recipients: Vec<(Recipient, String)>,
-        batch: &mut Batch,
+        jobs: &[&Job<'_>],
+        pending: Vec<Pending>,
+        batches: &mut [Batch],
         publisher: &Publisher,
     ) -> Result<(), Interrupted> {
-        if recipients.is_empty() {
+        if pending.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = recipients
+        let keys: Vec<(deliveries::Key, bool)> = pending
             .iter()
-            .map(|(recipient, _)| recipient.id)
+            .map(|p| (key(jobs[p.job], &p.recipient), jobs[p.job].replay))
             .collect();
-        let claims = deliveries::claim_many(
-            &self.pool,
-            &job.notification.id,
-            &ids,
-            self.settings.claim_lease,
-            job.replay,
-        )
-        .await?;
-        let age = (Utc::now() - job.ttl_started)
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        let ttl = Duration::from_secs(u64::from(job.send.ttl));
+        let claims = deliveries::claim_many(&self.pool, &keys, self.settings.claim_lease).await?;
         let mut concluded: Vec<Concluded> = Vec::new();
         let mut to_send = Vec::new();
-        for (recipient, origin) in recipients {
-            match claims.get(&recipient.id).copied() {
+        for p in pending {
+            let job = jobs[p.job];
+            match claims.get(&key(job, &p.recipient)).copied() {
                 Some(Claim::Granted { attempt }) => {
                     // Whole seconds, as the TTL header counts them: a TTL of 0 is sent once.
-                    if age.as_secs() > ttl.as_secs() {
-                        tracing::info!(event_id = %job.notification.id, push_service = %origin, "TTL passed before delivery; expired");
+                    if job.age().as_secs() > u64::from(job.send.ttl) {
+                        tracing::info!(event_id = %job.notification.id, push_service = %p.origin, "TTL passed before delivery; expired");
                         concluded.push(Concluded::new(
-                            recipient,
-                            origin,
+                            p,
                             attempt,
                             DeliveryStatus::Expired,
                             None,
                             Some(ResultReason::Expired),
                         ));
                     } else {
-                        to_send.push((recipient, origin, attempt));
+                        to_send.push((p, attempt));
                     }
                 }
                 Some(Claim::Done(recorded)) => {
                     if !recorded.result_published {
                         let mut again = Concluded::new(
-                            recipient,
-                            origin,
+                            p,
                             recorded.attempts.max(1),
                             recorded.status,
                             recorded.http_status,
@@ -354,42 +380,35 @@ impl Pipeline {
                     }
                 }
                 Some(Claim::HeldElsewhere { remaining }) => {
-                    batch.requeue(remaining.min(MAX_HELD_ELSEWHERE_WAIT))
+                    batches[p.job].requeue(remaining.min(MAX_HELD_ELSEWHERE_WAIT));
                 }
-                None => batch.requeue(DEPENDENCY_BACKOFF),
+                None => batches[p.job].requeue(DEPENDENCY_BACKOFF),
             }
         }
-        let payload = job.send.payload_bytes();
-        let remaining_ttl = u32::try_from(ttl.saturating_sub(age).as_secs()).unwrap_or(u32::MAX);
-        #[allow(clippy::type_complexity)]
-        let answers: Vec<(
-            Recipient,
-            String,
-            u32,
-            Result<(Verdict, Option<u16>), Duration>,
-        )> = stream::iter(to_send)
-            .map(|(recipient, origin, attempt)| {
-                let payload = &payload;
+        let payloads: Vec<Vec<u8>> = jobs.iter().map(|job| job.send.payload_bytes()).collect();
+        let answers: Vec<(Pending, u32, Answer)> = stream::iter(to_send)
+            .map(|(p, attempt)| {
+                let job = jobs[p.job];
+                let payload = &payloads[p.job];
                 async move {
-                    let answer = self
-                        .send_one(job, &recipient, &origin, payload, remaining_ttl)
-                        .await;
-                    (recipient, origin, attempt, answer)
+                    let answer = self.send_one(job, &p.recipient, &p.origin, payload).await;
+                    (p, attempt, answer)
                 }
             })
             .buffer_unordered(self.settings.fanout_concurrency.max(1))
             .collect()
             .await;
-        for (recipient, origin, attempt, answer) in answers {
+        for (p, attempt, answer) in answers {
+            let job = jobs[p.job];
             let (verdict, status) = match answer {
                 Ok(answer) => answer,
                 Err(wait) => {
                     // Deferred by our own rate limit: back to a delay queue,
                     // and the attempt does not count.
-                    batch.retry(recipient.id, self.settings.schedule.tier_for_pause(wait));
+                    batches[p.job]
+                        .retry(p.recipient.id, self.settings.schedule.tier_for_pause(wait));
                     let mut deferred = Concluded::new(
-                        recipient,
-                        origin,
+                        p,
                         attempt,
                         DeliveryStatus::Retrying,
                         None,
@@ -403,34 +422,36 @@ impl Pipeline {
             let (delivery_status, reason) = match verdict {
                 Verdict::Delivered => (DeliveryStatus::Delivered, None),
                 Verdict::Gone => {
-                    tracing::info!(event_id = %job.notification.id, subscription = %recipient.id, push_service = %origin, "subscription gone");
+                    tracing::info!(event_id = %job.notification.id, subscription = %p.recipient.id, push_service = %p.origin, "subscription gone");
                     (DeliveryStatus::Gone, Some(ResultReason::Gone))
                 }
                 Verdict::Failed(reason) => {
                     if matches!(reason, ResultReason::Unauthorized | ResultReason::Forbidden) {
-                        tracing::error!(push_service = %origin, status, "the push service refused our VAPID credentials: check PUSHQ_VAPID_PRIVATE_KEY and PUSHQ_VAPID_SUBJECT");
+                        tracing::error!(push_service = %p.origin, status, "the push service refused our VAPID credentials: check PUSHQ_VAPID_PRIVATE_KEY and PUSHQ_VAPID_SUBJECT");
                     } else {
-                        tracing::warn!(event_id = %job.notification.id, push_service = %origin, status, reason = reason.as_str(), "delivery failed");
+                        tracing::warn!(event_id = %job.notification.id, push_service = %p.origin, status, reason = reason.as_str(), "delivery failed");
                     }
                     (DeliveryStatus::Failed, Some(reason))
                 }
                 Verdict::Retry { reason, after } => {
                     if let Some(after) = after {
-                        self.pauses
-                            .pause(&origin, after.min(self.settings.schedule.retry_after_max()));
+                        self.pauses.pause(
+                            &p.origin,
+                            after.min(self.settings.schedule.retry_after_max()),
+                        );
                     }
-                    match self.settings.schedule.decide(
-                        attempt,
-                        after,
-                        jitter(),
-                        ttl.saturating_sub(age),
-                    ) {
+                    let ttl_left =
+                        Duration::from_secs(u64::from(job.send.ttl)).saturating_sub(job.age());
+                    match self
+                        .settings
+                        .schedule
+                        .decide(attempt, after, jitter(), ttl_left)
+                    {
                         RetryDecision::After { delay_ms } => {
-                            tracing::info!(event_id = %job.notification.id, push_service = %origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
-                            batch.retry(recipient.id, delay_ms);
+                            tracing::info!(event_id = %job.notification.id, push_service = %p.origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
+                            batches[p.job].retry(p.recipient.id, delay_ms);
                             let mut retrying = Concluded::new(
-                                recipient,
-                                origin,
+                                p,
                                 attempt,
                                 DeliveryStatus::Retrying,
                                 status,
@@ -441,42 +462,35 @@ impl Pipeline {
                             continue;
                         }
                         RetryDecision::Exhausted => {
-                            tracing::warn!(event_id = %job.notification.id, push_service = %origin, attempt, reason = reason.as_str(), "retries exhausted");
-                            batch.exhausted.push(recipient.id);
+                            tracing::warn!(event_id = %job.notification.id, push_service = %p.origin, attempt, reason = reason.as_str(), "retries exhausted");
+                            batches[p.job].exhausted.push(p.recipient.id);
                             (
                                 DeliveryStatus::Exhausted,
                                 Some(ResultReason::RetriesExhausted),
                             )
                         }
                         RetryDecision::Expired => {
-                            tracing::info!(event_id = %job.notification.id, push_service = %origin, attempt, "the next retry would start after the TTL; expired");
+                            tracing::info!(event_id = %job.notification.id, push_service = %p.origin, attempt, "the next retry would start after the TTL; expired");
                             (DeliveryStatus::Expired, Some(ResultReason::Expired))
                         }
                     }
                 }
             };
-            concluded.push(Concluded::new(
-                recipient,
-                origin,
-                attempt,
-                delivery_status,
-                status,
-                reason,
-            ));
+            concluded.push(Concluded::new(p, attempt, delivery_status, status, reason));
         }
-        self.record_and_publish(job, concluded, publisher).await
+        self.record_and_publish(jobs, concluded, publisher).await
     }
 
-    /// Encrypts, signs and POSTs one message; what the answer means, or
-    /// `Err(wait)` when our own rate limit deferred it unsent.
+    /// Encrypts, signs and POSTs one message with the TTL that is left; what
+    /// the answer means, or `Err(wait)` when our own rate limit deferred it unsent.
     async fn send_one(
         &self,
         job: &Job<'_>,
         recipient: &Recipient,
         origin: &str,
         payload: &[u8],
-        remaining_ttl: u32,
-    ) -> Result<(Verdict, Option<u16>), Duration> {
+    ) -> Answer {
+        let remaining_ttl = Duration::from_secs(u64::from(job.send.ttl)).saturating_sub(job.age());
         let result = self
             .push
             .deliver(PushMessage {
@@ -484,7 +498,7 @@ impl Pipeline {
                 p256dh: &recipient.p256dh,
                 auth: &recipient.auth,
                 payload,
-                ttl_seconds: remaining_ttl,
+                ttl_seconds: u32::try_from(remaining_ttl.as_secs()).unwrap_or(u32::MAX),
                 urgency: job.send.urgency,
                 topic: job.send.topic.as_deref(),
             })
@@ -511,7 +525,7 @@ impl Pipeline {
     /// Recording first means a crash can repeat a result, never lose one.
     async fn record_and_publish(
         &self,
-        job: &Job<'_>,
+        jobs: &[&Job<'_>],
         concluded: Vec<Concluded>,
         publisher: &Publisher,
     ) -> Result<(), Interrupted> {
@@ -522,6 +536,7 @@ impl Pipeline {
             .iter()
             .filter(|c| !c.already_recorded)
             .map(|c| deliveries::Outcome {
+                event_id: jobs[c.job].notification.id.clone(),
                 subscription_id: c.recipient.id,
                 status: c.status,
                 http_status: c.http_status,
@@ -535,8 +550,7 @@ impl Pipeline {
             })
             .collect();
         if !outcomes.is_empty() {
-            let failures =
-                deliveries::record_many(&self.pool, &job.notification.id, &outcomes).await?;
+            let failures = deliveries::record_many(&self.pool, &outcomes).await?;
             let limit = self.settings.max_consecutive_failures;
             for (id, failures) in failures {
                 if limit > 0 && failures >= limit {
@@ -549,6 +563,7 @@ impl Pipeline {
             .iter()
             .filter_map(|c| {
                 let result_type = c.result_type()?;
+                let job = jobs[c.job];
                 let data = DeliveryResult {
                     notification: job.notification.id.clone(),
                     subscription: c.recipient.stored.then(|| c.recipient.id.to_string()),
@@ -569,7 +584,8 @@ impl Pipeline {
             .collect();
         results::publish(publisher, &events).await?;
         for c in concluded.iter().filter(|c| c.status.is_final()) {
-            self.marks.mark(&job.notification.id, c.recipient.id);
+            self.marks
+                .mark(&jobs[c.job].notification.id, c.recipient.id);
         }
         Ok(())
     }
@@ -591,8 +607,27 @@ impl Pipeline {
     }
 }
 
+/// What a push service said (with its HTTP status), or `Err(wait)` when our
+/// own rate limit deferred the message unsent.
+type Answer = Result<(Verdict, Option<u16>), Duration>;
+
+/// A recipient waiting for its claim, with the index of its job.
+struct Pending {
+    job: usize,
+    recipient: Recipient,
+    origin: String,
+}
+
+fn key(job: &Job<'_>, recipient: &Recipient) -> deliveries::Key {
+    deliveries::Key {
+        event_id: job.notification.id.clone(),
+        subscription_id: recipient.id,
+    }
+}
+
 /// One recipient's outcome on its way to the table and the results exchange.
 struct Concluded {
+    job: usize,
     recipient: Recipient,
     origin: String,
     attempt: u32,
@@ -609,16 +644,16 @@ struct Concluded {
 
 impl Concluded {
     fn new(
-        recipient: Recipient,
-        origin: String,
+        pending: Pending,
         attempt: u32,
         status: DeliveryStatus,
         http_status: Option<u16>,
         reason: Option<ResultReason>,
     ) -> Self {
         Self {
-            recipient,
-            origin,
+            job: pending.job,
+            recipient: pending.recipient,
+            origin: pending.origin,
             attempt,
             status,
             http_status,

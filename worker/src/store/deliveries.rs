@@ -1,6 +1,7 @@
 //! The deliveries table: claim before sending, record after, and remember
 //! whether the result event went out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pushq_schemas::ResultReason;
@@ -103,8 +104,9 @@ impl Health {
 }
 
 /// The outcome of one attempt, for [`record_many`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    pub event_id: String,
     pub subscription_id: Uuid,
     pub status: DeliveryStatus,
     pub http_status: Option<u16>,
@@ -115,59 +117,75 @@ pub struct Outcome {
     pub attempt_counts: bool,
 }
 
-/// Claims deliveries of one notification, in one round trip, each with a
+/// One (notification, subscription) delivery to claim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub event_id: String,
+    pub subscription_id: Uuid,
+}
+
+/// Claims deliveries (of any notifications) in one round trip, each with a
 /// lease. The lease outlives one HTTP attempt, so a worker that dies
-/// mid-send only delays the redelivery by the lease. With `replay`, an
-/// exhausted delivery is claimed again with its attempts reset.
+/// mid-send only delays the redelivery by the lease. Where `replay` is set,
+/// an exhausted delivery is claimed again with its attempts reset.
 pub async fn claim_many(
     pool: &PgPool,
-    event_id: &str,
-    subscription_ids: &[Uuid],
+    keys: &[(Key, bool)],
     lease: Duration,
-    replay: bool,
-) -> Result<std::collections::HashMap<Uuid, Claim>, StoreError> {
+) -> Result<HashMap<Key, Claim>, StoreError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    let granted: Vec<(Uuid, i32)> = sqlx::query_as(
-        "INSERT INTO deliveries (event_id, subscription_id, status, attempts, claimed_until)
-         SELECT $1, id, 'sending', 1, now() + make_interval(secs => $3::float8 / 1000)
-         FROM unnest($2::uuid[]) AS input(id)
+    let event_ids: Vec<&str> = keys.iter().map(|(key, _)| key.event_id.as_str()).collect();
+    let ids: Vec<Uuid> = keys.iter().map(|(key, _)| key.subscription_id).collect();
+    let replays: Vec<bool> = keys.iter().map(|(_, replay)| *replay).collect();
+    let granted: Vec<(String, Uuid, i32)> = sqlx::query_as(
+        "INSERT INTO deliveries AS d (event_id, subscription_id, status, attempts, claimed_until)
+         SELECT event_id, id, 'sending', 1, now() + make_interval(secs => $4::float8 / 1000)
+         FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS input(event_id, id, replay)
          ON CONFLICT (event_id, subscription_id) DO UPDATE SET
              status = 'sending',
-             attempts = CASE WHEN deliveries.status = 'exhausted' THEN 1 ELSE deliveries.attempts + 1 END,
+             attempts = CASE WHEN d.status = 'exhausted' THEN 1 ELSE d.attempts + 1 END,
              reason = NULL, result_published = false,
              claimed_until = EXCLUDED.claimed_until, updated_at = now()
-         WHERE (deliveries.status = 'retrying'
-                OR (deliveries.status = 'sending' AND deliveries.claimed_until < now())
-                OR (deliveries.status = 'exhausted' AND $4))
-         RETURNING subscription_id, attempts",
+         WHERE d.status = 'retrying'
+            OR (d.status = 'sending' AND d.claimed_until < now())
+            OR (d.status = 'exhausted' AND EXISTS (
+                    SELECT 1 FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS r(event_id, id, replay)
+                    WHERE r.replay AND r.event_id = d.event_id AND r.id = d.subscription_id))
+         RETURNING event_id, subscription_id, attempts",
     )
-    .bind(event_id)
-    .bind(subscription_ids)
+    .bind(&event_ids)
+    .bind(&ids)
+    .bind(&replays)
     .bind(lease_ms)
-    .bind(replay)
     .fetch_all(pool)
     .await
     .map_err(db_error("claiming deliveries"))?;
-    let mut claims: std::collections::HashMap<Uuid, Claim> = granted
+    let mut claims: HashMap<Key, Claim> = granted
         .into_iter()
-        .map(|(id, attempts)| {
+        .map(|(event_id, subscription_id, attempts)| {
             (
-                id,
+                Key {
+                    event_id,
+                    subscription_id,
+                },
                 Claim::Granted {
                     attempt: u32::try_from(attempts).unwrap_or(1),
                 },
             )
         })
         .collect();
-    let others: Vec<Uuid> = subscription_ids
+    let others: Vec<&Key> = keys
         .iter()
-        .filter(|id| !claims.contains_key(id))
-        .copied()
+        .map(|(key, _)| key)
+        .filter(|key| !claims.contains_key(*key))
         .collect();
     if others.is_empty() {
         return Ok(claims);
     }
+    let other_events: Vec<&str> = others.iter().map(|key| key.event_id.as_str()).collect();
+    let other_ids: Vec<Uuid> = others.iter().map(|key| key.subscription_id).collect();
     type Row = (
+        String,
         Uuid,
         String,
         i32,
@@ -177,16 +195,28 @@ pub async fn claim_many(
         Option<f64>,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT subscription_id, status, attempts, last_status_code, reason, result_published,
-                (EXTRACT(EPOCH FROM (claimed_until - now())) * 1000)::float8
-         FROM deliveries WHERE event_id = $1 AND subscription_id = ANY($2)",
+        "SELECT d.event_id, d.subscription_id, d.status, d.attempts, d.last_status_code, d.reason,
+                d.result_published, (EXTRACT(EPOCH FROM (d.claimed_until - now())) * 1000)::float8
+         FROM deliveries d
+         JOIN unnest($1::text[], $2::uuid[]) AS k(event_id, id)
+           ON d.event_id = k.event_id AND d.subscription_id = k.id",
     )
-    .bind(event_id)
-    .bind(&others)
+    .bind(&other_events)
+    .bind(&other_ids)
     .fetch_all(pool)
     .await
     .map_err(db_error("reading delivery claims"))?;
-    for (id, status, attempts, http_status, reason, result_published, remaining_ms) in rows {
+    for (
+        event_id,
+        subscription_id,
+        status,
+        attempts,
+        http_status,
+        reason,
+        result_published,
+        remaining_ms,
+    ) in rows
+    {
         let claim = match DeliveryStatus::parse(&status) {
             Some(status) if status.is_final() => Claim::Done(Recorded {
                 status,
@@ -199,18 +229,25 @@ pub async fn claim_many(
                 remaining: Duration::from_millis(remaining_ms.unwrap_or(0.0).max(0.0) as u64),
             },
         };
-        claims.insert(id, claim);
+        claims.insert(
+            Key {
+                event_id,
+                subscription_id,
+            },
+            claim,
+        );
     }
     Ok(claims)
 }
 
-/// Records many attempts' outcomes and the subscriptions' health in one round
-/// trip. Returns the consecutive failures of each subscription that failed.
+/// Records many attempts' outcomes (of any notifications) and the
+/// subscriptions' health in one round trip. Returns the consecutive failures
+/// of each subscription that failed.
 pub async fn record_many(
     pool: &PgPool,
-    event_id: &str,
     outcomes: &[Outcome],
-) -> Result<std::collections::HashMap<Uuid, u32>, StoreError> {
+) -> Result<HashMap<Uuid, u32>, StoreError> {
+    let event_ids: Vec<&str> = outcomes.iter().map(|o| o.event_id.as_str()).collect();
     let ids: Vec<Uuid> = outcomes.iter().map(|o| o.subscription_id).collect();
     let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
     let codes: Vec<Option<i16>> = outcomes
@@ -225,21 +262,26 @@ pub async fn record_many(
     let uncounted: Vec<bool> = outcomes.iter().map(|o| !o.attempt_counts).collect();
     let failures: Vec<(Uuid, i32)> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM unnest($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[], $7::bool[])
-                 AS t(id, status, code, reason, health, uncounted)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[], $7::bool[])
+                 AS t(event_id, id, status, code, reason, health, uncounted)
          ), recorded AS (
              UPDATE deliveries SET status = input.status, last_status_code = input.code,
                  attempts = CASE WHEN input.uncounted THEN deliveries.attempts - 1 ELSE deliveries.attempts END,
                  reason = input.reason, result_published = false, claimed_until = NULL, updated_at = now()
-             FROM input WHERE deliveries.event_id = $1 AND deliveries.subscription_id = input.id
+             FROM input WHERE deliveries.event_id = input.event_id AND deliveries.subscription_id = input.id
+         ), health AS (
+             SELECT id, sum(CASE WHEN health = 1 THEN 1 ELSE 0 END) AS successes,
+                    sum(CASE WHEN health = 2 THEN 1 ELSE 0 END) AS failures
+             FROM input WHERE health <> 0 GROUP BY id
          )
          UPDATE subscriptions SET
-             last_success_at = CASE WHEN input.health = 1 THEN now() ELSE subscriptions.last_success_at END,
-             consecutive_failures = CASE WHEN input.health = 1 THEN 0 ELSE subscriptions.consecutive_failures + 1 END
-         FROM input WHERE subscriptions.id = input.id AND input.health <> 0
+             last_success_at = CASE WHEN health.successes > 0 THEN now() ELSE subscriptions.last_success_at END,
+             consecutive_failures = CASE WHEN health.successes > 0 THEN 0
+                                         ELSE subscriptions.consecutive_failures + health.failures END
+         FROM health WHERE subscriptions.id = health.id
          RETURNING subscriptions.id, subscriptions.consecutive_failures",
     )
-    .bind(event_id)
+    .bind(&event_ids)
     .bind(&ids)
     .bind(&statuses)
     .bind(&codes)
