@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -17,6 +17,9 @@ use tokio_util::task::TaskTracker;
 use super::publisher::{Origin, Publisher};
 use super::{BrokerError, amqp_error};
 use crate::pipeline::{FollowUp, Outcome, Pipeline, Source};
+
+/// The most messages handled as one batch.
+const MAX_BATCH: usize = 64;
 
 /// Opens a channel with `prefetch` unacked messages and starts consuming.
 pub async fn open(
@@ -86,16 +89,37 @@ pub async fn run(
                 return Ok(());
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
+                Some(Ok(first)) => {
+                    // Whatever else has already arrived joins this batch, so
+                    // a burst shares its database and broker round trips.
+                    let mut batch = vec![first];
+                    let mut failed = None;
+                    while batch.len() < MAX_BATCH {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(delivery))) => batch.push(delivery),
+                            Some(Some(Err(source))) => {
+                                failed = Some(source);
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
                     let pipeline = pipeline.clone();
                     let publisher = publisher.clone();
                     let stop = stop.clone();
                     tracker.spawn(async move {
-                        let outcome = pipeline
-                            .handle(source, &delivery.properties, &delivery.data, &publisher)
-                            .await;
-                        settle(&delivery, outcome, &publisher, &stop).await;
+                        let messages: Vec<(&lapin::BasicProperties, &[u8])> = batch
+                            .iter()
+                            .map(|delivery| (&delivery.properties, delivery.data.as_slice()))
+                            .collect();
+                        let outcomes = pipeline.handle_many(source, &messages, &publisher).await;
+                        for (delivery, outcome) in batch.iter().zip(outcomes) {
+                            settle(delivery, outcome, &publisher, &stop).await;
+                        }
                     });
+                    if let Some(source) = failed {
+                        return Err(BrokerError::Amqp { action: "consuming", source });
+                    }
                 }
                 Some(Err(source)) => return Err(BrokerError::Amqp { action: "consuming", source }),
                 None => return Err(BrokerError::ConsumerClosed { queue }),

@@ -69,6 +69,38 @@ impl Resolved {
     }
 }
 
+/// What a message comes to before delivery.
+pub(super) enum Prepared {
+    /// Nothing to deliver: this is its outcome.
+    Done(Outcome),
+    /// Recipients to deliver to, possibly together with other jobs'.
+    Deliver(Box<OwnedJob>),
+}
+
+/// A job that owns its notification, so jobs of several messages can be
+/// delivered together.
+pub(super) struct OwnedJob {
+    notification: CloudEvent,
+    send: NotificationSend,
+    ttl_started: DateTime<Utc>,
+    first_received: DateTime<Utc>,
+    replay: bool,
+    recipients: Vec<Recipient>,
+}
+
+impl OwnedJob {
+    fn new(job: &Job<'_>, recipients: Vec<Recipient>) -> Self {
+        Self {
+            notification: job.notification.clone(),
+            send: job.send.clone(),
+            ttl_started: job.ttl_started,
+            first_received: job.first_received,
+            replay: job.replay,
+            recipients,
+        }
+    }
+}
+
 /// One notification being delivered.
 pub(super) struct Job<'a> {
     notification: &'a CloudEvent,
@@ -122,13 +154,15 @@ enum Interrupted {
 }
 
 impl Pipeline {
-    pub(super) async fn notify(
+    /// Resolves a `pushq.notification.send`: what is left to deliver, or the
+    /// outcome when nothing is (skipped, split into chunks, refused).
+    pub(super) async fn prepare_send(
         &self,
         event: &CloudEvent,
         send: &NotificationSend,
         received_at: DateTime<Utc>,
         publisher: &Publisher,
-    ) -> Outcome {
+    ) -> Prepared {
         let job = Job {
             notification: event,
             send,
@@ -138,17 +172,17 @@ impl Pipeline {
         };
         let mut resolved = match self.resolve(send).await {
             Ok(resolved) => resolved,
-            Err(err) => return interrupted(event, &Interrupted::Store(err)),
+            Err(err) => return Prepared::Done(interrupted(event, &Interrupted::Store(err))),
         };
         if resolved.is_empty() && !matches!(send.to, Target::Subscription(_)) {
             resolved = match self.resolve_after_settling(send, job.ttl_started).await {
                 Ok(resolved) => resolved,
-                Err(err) => return interrupted(event, &Interrupted::Store(err)),
+                Err(err) => return Prepared::Done(interrupted(event, &Interrupted::Store(err))),
             };
         }
         let recipients = match resolved {
             Resolved::Recipients(recipients) => recipients,
-            Resolved::Refused(refused) => return Outcome::DeadLetter(refused),
+            Resolved::Refused(refused) => return Prepared::Done(Outcome::DeadLetter(refused)),
             Resolved::Chunks(ranges) => {
                 tracing::info!(event_id = %event.id, chunks = ranges.len(), "fanning out in chunks");
                 let follow_ups = ranges
@@ -161,7 +195,7 @@ impl Pipeline {
                         ),
                     })
                     .collect();
-                return Outcome::Ack { follow_ups };
+                return Prepared::Done(Outcome::Ack { follow_ups });
             }
         };
         if recipients.is_empty() {
@@ -180,34 +214,34 @@ impl Pipeline {
                 reason: Some(ResultReason::NoSubscription),
                 retry_in_ms: None,
             };
-            return match self
-                .publish_result(&job, ResultType::Skipped, &data, publisher)
-                .await
-            {
-                Ok(()) => Outcome::ack(),
-                Err(err) => interrupted(event, &Interrupted::Broker(err)),
-            };
+            return Prepared::Done(
+                match self
+                    .publish_result(&job, ResultType::Skipped, &data, publisher)
+                    .await
+                {
+                    Ok(()) => Outcome::ack(),
+                    Err(err) => interrupted(event, &Interrupted::Broker(err)),
+                },
+            );
         }
-        self.deliver_all(&job, recipients, publisher).await
+        Prepared::Deliver(Box::new(OwnedJob::new(&job, recipients)))
     }
 
-    /// A `pushq.internal.retry` event back from its delay queue.
-    pub(super) async fn retry(
-        &self,
-        event: &CloudEvent,
-        replay: bool,
-        publisher: &Publisher,
-    ) -> Outcome {
+    /// A `pushq.internal.retry` event back from its delay queue: the
+    /// recipients still to deliver to.
+    pub(super) async fn prepare_retry(&self, event: &CloudEvent, replay: bool) -> Prepared {
         let Some(data) = event
             .data
             .clone()
             .and_then(|data| serde_json::from_value::<RetryData>(data).ok())
         else {
-            return Outcome::DeadLetter(InvalidEvent::data("a retry event's data is not a retry"));
+            return Prepared::Done(Outcome::DeadLetter(InvalidEvent::data(
+                "a retry event's data is not a retry",
+            )));
         };
         let (notification, send) = match carried_notification(&data.event) {
             Ok(carried) => carried,
-            Err(invalid) => return Outcome::DeadLetter(invalid),
+            Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
         let job = Job {
             notification: &notification,
@@ -216,12 +250,11 @@ impl Pipeline {
             first_received: data.first_received,
             replay,
         };
-        let recipients = match self.resolve_ids(&send, &data.subscriptions).await {
-            Ok(recipients) => recipients,
-            Err(err) => return interrupted(&notification, &Interrupted::Store(err)),
-        };
         // Recipients deleted since (gone, unregistered) simply drop out.
-        self.deliver_all(&job, recipients, publisher).await
+        match self.resolve_ids(&send, &data.subscriptions).await {
+            Ok(recipients) => Prepared::Deliver(Box::new(OwnedJob::new(&job, recipients))),
+            Err(err) => Prepared::Done(interrupted(&notification, &Interrupted::Store(err))),
+        }
     }
 
     /// A `pushq.internal.chunk` event: one id range of a large audience.
@@ -282,6 +315,40 @@ impl Pipeline {
     ) -> Outcome {
         let mut outcomes = self.deliver_many(&[job], vec![recipients], publisher).await;
         outcomes.pop().unwrap_or_else(Outcome::ack)
+    }
+
+    /// Delivers prepared jobs together; one outcome each, in order.
+    pub(super) async fn deliver_owned(
+        &self,
+        owned: Vec<OwnedJob>,
+        publisher: &Publisher,
+    ) -> Vec<Outcome> {
+        let mut recipients = Vec::with_capacity(owned.len());
+        let mut metas = Vec::with_capacity(owned.len());
+        for job in owned {
+            recipients.push(job.recipients);
+            metas.push((
+                job.notification,
+                job.send,
+                job.ttl_started,
+                job.first_received,
+                job.replay,
+            ));
+        }
+        let jobs: Vec<Job<'_>> = metas
+            .iter()
+            .map(
+                |(notification, send, ttl_started, first_received, replay)| Job {
+                    notification,
+                    send,
+                    ttl_started: *ttl_started,
+                    first_received: *first_received,
+                    replay: *replay,
+                },
+            )
+            .collect();
+        let refs: Vec<&Job<'_>> = jobs.iter().collect();
+        self.deliver_many(&refs, recipients, publisher).await
     }
 
     /// Delivers the recipients of several notifications together, with a
