@@ -204,6 +204,39 @@ impl Bench {
         Ok(())
     }
 
+    /// Publishes one notification to each subscription in `range` (one-off
+    /// or stored by endpoint), noting when each was handed to the producer.
+    async fn publish_unicast(
+        &self,
+        producer: &Arc<Producer>,
+        range: std::ops::Range<usize>,
+        inline: bool,
+        payload: &serde_json::Value,
+        sent_at: &mut [Instant],
+    ) -> anyhow::Result<()> {
+        let times: Vec<(usize, Instant)> = stream::iter(range)
+            .map(|n| {
+                let producer = producer.clone();
+                let to = if inline {
+                    Target::Subscription(self.subscription(n as u32))
+                } else {
+                    Target::Endpoint(self.sink.endpoint(n as u32))
+                };
+                let send = NotificationSend::new(to, Some(payload.clone()));
+                async move {
+                    let at = Instant::now();
+                    producer.send(&send).await.map(|_| (n, at))
+                }
+            })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (n, at) in times {
+            sent_at[n] = at;
+        }
+        Ok(())
+    }
+
     async fn scenario(&self, name: &str, paced_rate: Option<f64>) -> anyhow::Result<Report> {
         let count = self.options.count;
         sqlx::query("TRUNCATE subscriptions, deliveries")
@@ -241,26 +274,8 @@ impl Bench {
             }
             "unicast-inline" | "unicast-stored" => {
                 let inline = name == "unicast-inline";
-                let times: Vec<(usize, Instant)> = stream::iter(0..count)
-                    .map(|n| {
-                        let producer = producer.clone();
-                        let to = if inline {
-                            Target::Subscription(self.subscription(n as u32))
-                        } else {
-                            Target::Endpoint(self.sink.endpoint(n as u32))
-                        };
-                        let send = NotificationSend::new(to, Some(payload.clone()));
-                        async move {
-                            let at = Instant::now();
-                            producer.send(&send).await.map(|_| (n, at))
-                        }
-                    })
-                    .buffer_unordered(PUBLISH_CONCURRENCY)
-                    .try_collect()
+                self.publish_unicast(&producer, 0..count, inline, &payload, &mut sent_at)
                     .await?;
-                for (n, at) in times {
-                    sent_at[n] = at;
-                }
             }
             "unicast-paced" => {
                 let rate = paced_rate
@@ -270,26 +285,10 @@ impl Bench {
                 let mut n = 0;
                 while n < count {
                     tick.tick().await;
-                    let batch: Vec<usize> = (n..(n + per_tick).min(count)).collect();
-                    n += batch.len();
-                    let times: Vec<(usize, Instant)> = stream::iter(batch)
-                        .map(|n| {
-                            let producer = producer.clone();
-                            let send = NotificationSend::new(
-                                Target::Endpoint(self.sink.endpoint(n as u32)),
-                                Some(payload.clone()),
-                            );
-                            async move {
-                                let at = Instant::now();
-                                producer.send(&send).await.map(|_| (n, at))
-                            }
-                        })
-                        .buffer_unordered(PUBLISH_CONCURRENCY)
-                        .try_collect()
+                    let batch = n..(n + per_tick).min(count);
+                    n = batch.end;
+                    self.publish_unicast(&producer, batch, false, &payload, &mut sent_at)
                         .await?;
-                    for (n, at) in times {
-                        sent_at[n] = at;
-                    }
                 }
             }
             other => bail!("unknown scenario {other:?}"),

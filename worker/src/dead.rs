@@ -63,6 +63,21 @@ async fn message_count(connection: &Connection, topology: &Topology) -> Result<u
     Ok(queue.message_count())
 }
 
+/// The next letter, held unacked: it goes back to the queue unless acked
+/// before the channel closes.
+async fn next_letter(
+    channel: &lapin::Channel,
+    topology: &Topology,
+) -> Result<Option<lapin::message::BasicGetMessage>, BrokerError> {
+    channel
+        .basic_get(
+            topology.dead_queue().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .map_err(amqp_error("reading a dead letter"))
+}
+
 /// Reads up to `limit` letters without removing any: they are held unacked
 /// and go back to the queue when the channel closes.
 pub async fn list(
@@ -81,14 +96,7 @@ pub async fn list(
         ..DeadLetterList::default()
     };
     while list.read < limit.min(in_queue as usize) {
-        let Some(message) = channel
-            .basic_get(
-                topology.dead_queue().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .map_err(amqp_error("reading a dead letter"))?
-        else {
+        let Some(message) = next_letter(&channel, topology).await? else {
             break;
         };
         list.read += 1;
@@ -125,14 +133,7 @@ pub async fn replay(
         if report.replayed >= limit {
             break;
         }
-        let Some(message) = channel
-            .basic_get(
-                topology.dead_queue().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .map_err(amqp_error("reading a dead letter"))?
-        else {
+        let Some(message) = next_letter(&channel, topology).await? else {
             break;
         };
         let delivery = message.delivery;
