@@ -119,8 +119,9 @@ impl App {
 
     /// Consumes until `shutdown` is cancelled, reconnecting after failures.
     pub async fn run(self, shutdown: CancellationToken) -> Exit {
-        tokio::spawn(sweep_expired_subscriptions(
+        tokio::spawn(sweep(
             self.pool().clone(),
+            self.settings.delivery_retention,
             shutdown.clone(),
         ));
         let mut delays = reconnect_backoff();
@@ -258,8 +259,9 @@ impl App {
 }
 
 /// Browsers give subscriptions an expiration time; lookups already skip
-/// expired ones, and this removes them for good.
-async fn sweep_expired_subscriptions(pool: PgPool, shutdown: CancellationToken) {
+/// expired ones, and this removes them for good. It also prunes delivery
+/// records past their retention.
+async fn sweep(pool: PgPool, delivery_retention: Duration, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -270,6 +272,11 @@ async fn sweep_expired_subscriptions(pool: PgPool, shutdown: CancellationToken) 
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired subscriptions deleted"),
             Err(err) => tracing::warn!(error = %err, "sweeping expired subscriptions failed"),
+        }
+        match store::deliveries::prune(&pool, delivery_retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "old delivery records pruned"),
+            Err(err) => tracing::warn!(error = %err, "pruning delivery records failed"),
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Settings {
     pub max_consecutive_failures: u32,
     /// Subscriptions per fan-out chunk.
     pub fanout_chunk: usize,
+    /// How long final delivery records are kept for idempotency.
+    pub delivery_retention: Duration,
     /// Rates and requests in flight.
     pub limits: LimitSettings,
     /// Unacked messages per queue per replica.
@@ -128,6 +130,14 @@ impl Settings {
             10,
             0,
         )?;
+        let delivery_retention = Duration::from_secs(
+            3600 * parse_number::<u64>(
+                "PUSHQ_DELIVERY_RETENTION_HOURS",
+                get("PUSHQ_DELIVERY_RETENTION_HOURS"),
+                168,
+                1,
+            )?,
+        );
         let fanout_chunk =
             parse_number::<u32>("PUSHQ_FANOUT_CHUNK", get("PUSHQ_FANOUT_CHUNK"), 500, 1)? as usize;
         let prefetch = parse_number::<u16>("PUSHQ_PREFETCH", get("PUSHQ_PREFETCH"), 256, 1)?;
@@ -206,6 +216,7 @@ impl Settings {
             retry_after_max,
             max_consecutive_failures,
             fanout_chunk,
+            delivery_retention,
             limits,
             prefetch,
             shutdown_grace,

@@ -302,6 +302,21 @@ pub async fn record_many(
         .collect())
 }
 
+/// Deletes final delivery records older than `retention`: they only guard
+/// against redeliveries, which never come that late.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
+    sqlx::query(
+        "DELETE FROM deliveries
+         WHERE updated_at < now() - make_interval(secs => $1::float8)
+           AND status IN ('delivered', 'failed', 'gone', 'expired')",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected())
+    .map_err(db_error("pruning old deliveries"))
+}
+
 /// Notes, in batches and off the delivery path, which results were
 /// confirmed. Losing a mark (a crash before the flush) only means a
 /// redelivery publishes that result again, with the same id.
