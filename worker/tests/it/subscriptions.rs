@@ -44,3 +44,37 @@ async fn register_upserts_by_endpoint_and_unregister_removes() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_final_delivery_records_are_pruned_and_pending_ones_kept() {
+    let app = TestApp::spawn().await;
+    for (event, status, age_days) in [
+        ("old-final", "delivered", 8),
+        ("old-pending", "retrying", 8),
+        ("new-final", "delivered", 1),
+    ] {
+        sqlx::query(
+            "INSERT INTO deliveries (event_id, subscription_id, status, attempts, updated_at)
+             VALUES ($1, gen_random_uuid(), $2, 1, now() - make_interval(days => $3))",
+        )
+        .bind(event)
+        .bind(status)
+        .bind(age_days)
+        .execute(&app.pool)
+        .await
+        .expect("insert");
+    }
+    let pruned = pushq_worker::store::deliveries::prune(
+        &app.pool,
+        std::time::Duration::from_secs(7 * 86_400),
+    )
+    .await
+    .expect("prune");
+    assert_eq!(pruned, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM deliveries ORDER BY event_id")
+        .fetch_all(&app.pool)
+        .await
+        .expect("left");
+    assert_eq!(left, ["new-final", "old-pending"]);
+    app.stop().await;
+}
