@@ -69,6 +69,23 @@ pub enum FollowUp {
     },
 }
 
+/// Stored subscriptions looked up ahead for a batch, by endpoint. An endpoint
+/// looked up but not found is known to have no subscription.
+#[derive(Debug, Default)]
+pub(crate) struct KnownEndpoints {
+    looked_up: std::collections::HashSet<String>,
+    found: std::collections::HashMap<String, subscriptions::StoredSubscription>,
+}
+
+impl KnownEndpoints {
+    /// `None` when this endpoint was not looked up ahead.
+    pub(crate) fn get(&self, endpoint: &str) -> Option<Option<subscriptions::StoredSubscription>> {
+        self.looked_up
+            .contains(endpoint)
+            .then(|| self.found.get(endpoint).cloned())
+    }
+}
+
 /// Which queue a message came from: the same event type means different
 /// things on the producer and the results side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,20 +148,6 @@ impl Pipeline {
         &self.settings
     }
 
-    /// Handles one AMQP message. `publisher` carries result events.
-    pub async fn handle(
-        &self,
-        source: Source,
-        properties: &BasicProperties,
-        body: &[u8],
-        publisher: &Publisher,
-    ) -> Outcome {
-        let mut outcomes = self
-            .handle_many(source, &[(properties, body)], publisher)
-            .await;
-        outcomes.pop().unwrap_or_else(Outcome::ack)
-    }
-
     /// Handles several messages at once: each is decoded and resolved on its
     /// own, then every delivery among them is claimed, recorded and published
     /// together, so a burst of unicast notifications costs a few round trips
@@ -164,10 +167,29 @@ impl Pipeline {
             .await;
         }
         let received_at = Utc::now();
+        let decoded: Vec<Result<CloudEvent, InvalidEvent>> = messages
+            .iter()
+            .map(|(properties, body)| decode(properties, body))
+            .collect();
+        let known = match self.known_endpoints(&decoded).await {
+            Ok(known) => known,
+            Err(err) => {
+                tracing::warn!(error = %err, "looking up endpoints failed; the batch goes back to the queue");
+                return messages
+                    .iter()
+                    .map(|_| Outcome::Requeue {
+                        after: DEPENDENCY_BACKOFF,
+                    })
+                    .collect();
+            }
+        };
         let prepared = join_all(
             messages
                 .iter()
-                .map(|(properties, body)| self.prepare(properties, body, received_at, publisher)),
+                .zip(decoded)
+                .map(|((properties, _), event)| {
+                    self.prepare(properties, event, &known, received_at, publisher)
+                }),
         )
         .await;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
@@ -199,14 +221,45 @@ impl Pipeline {
             .collect()
     }
 
+    /// The stored subscriptions that the batch's sends name by endpoint, in
+    /// one query instead of one each.
+    async fn known_endpoints(
+        &self,
+        decoded: &[Result<CloudEvent, InvalidEvent>],
+    ) -> Result<KnownEndpoints, StoreError> {
+        let endpoints: Vec<String> = decoded
+            .iter()
+            .flatten()
+            .filter(|event| event.event_type == event_types::NOTIFICATION_SEND)
+            .filter_map(|event| {
+                event
+                    .data
+                    .as_ref()?
+                    .get("to")?
+                    .get("endpoint")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        if endpoints.len() < 2 {
+            return Ok(KnownEndpoints::default());
+        }
+        let found = subscriptions::find_by_endpoints(&self.pool, &endpoints).await?;
+        Ok(KnownEndpoints {
+            looked_up: endpoints.into_iter().collect(),
+            found: found.into_iter().map(|s| (s.endpoint.clone(), s)).collect(),
+        })
+    }
+
     async fn prepare(
         &self,
         properties: &BasicProperties,
-        body: &[u8],
+        event: Result<CloudEvent, InvalidEvent>,
+        known: &KnownEndpoints,
         received_at: chrono::DateTime<Utc>,
         publisher: &Publisher,
     ) -> Prepared {
-        let event = match decode(properties, body) {
+        let event = match event {
             Ok(event) => event,
             Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
@@ -227,7 +280,7 @@ impl Pipeline {
             ProducerEvent::Unregister(unregister) => self.unregister(&unregister).await,
             ProducerEvent::Send(send) => {
                 return self
-                    .prepare_send(&event, &send, received_at, publisher)
+                    .prepare_send(&event, &send, known, received_at, publisher)
                     .await;
             }
         };

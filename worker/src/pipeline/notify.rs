@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{DEPENDENCY_BACKOFF, FollowUp, Outcome, Pipeline};
+use super::{DEPENDENCY_BACKOFF, FollowUp, KnownEndpoints, Outcome, Pipeline};
 use crate::broker::BrokerError;
 use crate::broker::publisher::Publisher;
 use crate::push::{DeliveryError, PushMessage, Verdict, classify_status};
@@ -160,6 +160,7 @@ impl Pipeline {
         &self,
         event: &CloudEvent,
         send: &NotificationSend,
+        known: &KnownEndpoints,
         received_at: DateTime<Utc>,
         publisher: &Publisher,
     ) -> Prepared {
@@ -170,7 +171,7 @@ impl Pipeline {
             first_received: received_at,
             replay: false,
         };
-        let mut resolved = match self.resolve(send).await {
+        let mut resolved = match self.resolve(send, Some(known)).await {
             Ok(resolved) => resolved,
             Err(err) => return Prepared::Done(interrupted(event, &Interrupted::Store(err))),
         };
@@ -830,17 +831,24 @@ impl Pipeline {
     /// internal event, so every replica shares the work and no worker holds a
     /// whole audience. A one-off subscription the endpoint policy refuses is
     /// the event's fault.
-    async fn resolve(&self, send: &NotificationSend) -> Result<Resolved, StoreError> {
+    async fn resolve(
+        &self,
+        send: &NotificationSend,
+        known: Option<&KnownEndpoints>,
+    ) -> Result<Resolved, StoreError> {
         let chunk = self.settings.fanout_chunk.max(1);
         let stored: Vec<StoredSubscription> = match &send.to {
             Target::User(user) => {
                 return self.resolve_audience(Audience::User(user), chunk).await;
             }
             Target::Tag(tag) => return self.resolve_audience(Audience::Tag(tag), chunk).await,
-            Target::Endpoint(endpoint) => subscriptions::find_by_endpoint(&self.pool, endpoint)
-                .await?
-                .into_iter()
-                .collect(),
+            Target::Endpoint(endpoint) => match known.and_then(|known| known.get(endpoint)) {
+                Some(found) => found.into_iter().collect(),
+                None => subscriptions::find_by_endpoint(&self.pool, endpoint)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            },
             Target::Subscription(subscription) => {
                 if let Err(refusal) = self.push.policy().check(&subscription.endpoint) {
                     return Ok(Resolved::Refused(InvalidEvent::new(
@@ -918,7 +926,8 @@ impl Pipeline {
             return Ok(Resolved::Recipients(Vec::new()));
         };
         tokio::time::sleep(wait).await;
-        self.resolve(send).await
+        // Looked up afresh: what was known ahead is what the settle waits past.
+        self.resolve(send, None).await
     }
 }
 

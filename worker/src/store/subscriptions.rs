@@ -178,11 +178,19 @@ pub async fn find_by_endpoint(
     .map_err(db_error("looking up a subscription by endpoint"))
 }
 
-pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
-    sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-        .fetch_one(pool)
-        .await
-        .map_err(db_error("counting subscriptions"))
+/// Live subscriptions with any of these endpoints.
+pub async fn find_by_endpoints(
+    pool: &PgPool,
+    endpoints: &[String],
+) -> Result<Vec<StoredSubscription>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions
+         WHERE endpoint = ANY($1) AND (expires_at IS NULL OR expires_at > now())"
+    )))
+    .bind(endpoints)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error("looking up subscriptions by endpoint"))
 }
 
 /// A page of all subscriptions by id, for operators' listings.

@@ -276,3 +276,39 @@ async fn a_large_audience_is_delivered_in_chunks_once_each() {
     results.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sends_by_endpoint_reaches_each_its_own_browser() {
+    let app = TestApp::spawn().await;
+    let browsers: Vec<_> = (0..20).map(|_| app.browser()).collect();
+    for (i, browser) in browsers.iter().enumerate() {
+        app.register(browser, &format!("burst-{i}"), &[]).await;
+    }
+    // Published concurrently, so the worker takes many in one batch and looks
+    // their endpoints up together.
+    let sends = browsers.iter().enumerate().map(|(i, browser)| {
+        let send = NotificationSend::new(
+            Target::Endpoint(browser.endpoint.clone()),
+            Some(json!(format!("for {i}"))),
+        );
+        let producer = &app.producer;
+        async move { producer.send(&send).await }
+    });
+    for sent in futures_util::future::join_all(sends).await {
+        sent.expect("published");
+    }
+    app.fake
+        .wait_for_received(20, WAIT)
+        .await
+        .expect("all delivered");
+    for (i, browser) in browsers.iter().enumerate() {
+        let texts: Vec<String> = app
+            .fake
+            .received_by(browser)
+            .iter()
+            .map(|p| p.text())
+            .collect();
+        assert_eq!(texts, [format!("for {i}")]);
+    }
+    app.stop().await;
+}
