@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::future::try_join_all;
 use lapin::Connection;
 use pushq_schemas::Topology;
 use sqlx::PgPool;
@@ -170,27 +171,19 @@ impl App {
         )
         .await?;
         let prefetch = self.settings.prefetch;
-        let (jobs_channel, jobs) = consumer::open(
-            connection,
-            &topology.jobs_queue(),
-            prefetch,
-            &self.consumer_tag,
-        )
-        .await?;
-        let (subscriptions_channel, subscriptions) = consumer::open(
-            connection,
-            &topology.subscriptions_queue(),
-            prefetch,
-            &self.consumer_tag,
-        )
-        .await?;
-        let (feedback_channel, feedback) = consumer::open(
-            connection,
-            &topology.feedback_queue(),
-            prefetch,
-            &self.consumer_tag,
-        )
-        .await?;
+        let queues = [
+            (topology.jobs_queue(), Source::Producer),
+            (topology.subscriptions_queue(), Source::Producer),
+            (topology.feedback_queue(), Source::Feedback),
+        ];
+        let mut channels = Vec::with_capacity(queues.len());
+        let mut consumers = Vec::with_capacity(queues.len());
+        for (queue, source) in queues {
+            let (channel, consumer) =
+                consumer::open(connection, &queue, prefetch, &self.consumer_tag).await?;
+            channels.push(channel);
+            consumers.push((queue, source, consumer));
+        }
         let _ = self.ready.send(true);
         tracing::info!(prefix = topology.prefix(), prefetch, "consuming");
 
@@ -202,29 +195,12 @@ impl App {
             tracker: tracker.clone(),
             stop: stop.clone(),
         };
-        let consumed = tokio::try_join!(
-            consumer::run(
-                &jobs_channel,
-                jobs,
-                topology.jobs_queue(),
-                Source::Producer,
-                workers.clone(),
-            ),
-            consumer::run(
-                &subscriptions_channel,
-                subscriptions,
-                topology.subscriptions_queue(),
-                Source::Producer,
-                workers.clone(),
-            ),
-            consumer::run(
-                &feedback_channel,
-                feedback,
-                topology.feedback_queue(),
-                Source::Feedback,
-                workers,
-            ),
-        );
+        let consumed = try_join_all(consumers.into_iter().zip(&channels).map(
+            |((queue, source, consumer), channel)| {
+                consumer::run(channel, consumer, queue, source, workers.clone())
+            },
+        ))
+        .await;
         let _ = self.ready.send(false);
         // Whatever ended consuming, in-flight tasks stop waiting on retries.
         stop.cancel();
@@ -246,12 +222,7 @@ impl App {
             Exit::GraceExceeded
         };
         // Closing the channels hands anything unacked back to the broker.
-        for channel in [
-            &jobs_channel,
-            &subscriptions_channel,
-            &feedback_channel,
-            publisher.channel(),
-        ] {
+        for channel in channels.iter().chain([publisher.channel()]) {
             let _ = channel.close(200, "pushq worker stopping".into()).await;
         }
         Ok(exit)
