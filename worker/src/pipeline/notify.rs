@@ -364,10 +364,13 @@ impl Pipeline {
     ) -> Vec<Outcome> {
         let mut batches: Vec<Batch> = jobs.iter().map(|_| Batch::default()).collect();
         let mut to_claim = Vec::new();
+        // The same notification can sit twice in one batch (a producer that
+        // published it twice, or a redelivery beside a retry): each delivery
+        // is claimed once, by the first; the others have nothing left to do.
+        let mut seen = std::collections::HashSet::new();
         for (index, recipients) in recipients.into_iter().enumerate() {
-            let mut seen = std::collections::HashSet::new();
             for recipient in recipients {
-                if !seen.insert(recipient.id) {
+                if !seen.insert(key(jobs[index], &recipient)) {
                     continue;
                 }
                 let origin = endpoint_origin(&recipient.endpoint);

@@ -312,3 +312,71 @@ async fn a_burst_of_sends_by_endpoint_reaches_each_its_own_browser() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are_acked() {
+    use pushq_worker::pipeline::{Outcome, Pipeline, PipelineSettings, Source};
+    use pushq_worker::push::limits::{LimitSettings, Limits};
+    use pushq_worker::push::{HttpSettings, PushClient, VapidSigner};
+
+    let app = TestApp::spawn().await;
+    let browser = app.browser();
+    app.register(&browser, "twin", &[]).await;
+    // A pipeline of our own, so that both copies are handed to it as one batch.
+    let signer = VapidSigner::new(&app.vapid, crate::helpers::SUBJECT).expect("signer");
+    let push = PushClient::new(
+        signer,
+        app.settings.endpoint_policy.clone(),
+        Limits::new(LimitSettings::default()),
+        &HttpSettings::default(),
+    )
+    .expect("client");
+    let pipeline = Pipeline::new(
+        app.pool.clone(),
+        push,
+        PipelineSettings {
+            claim_lease: std::time::Duration::from_secs(60),
+            schedule: pushq_worker::retry::RetrySchedule::new(
+                app.settings.retry_delays.clone(),
+                app.settings.retry_after_max,
+            ),
+            fanout_concurrency: 8,
+            fanout_chunk: 500,
+            max_consecutive_failures: 10,
+            source: "/tests".into(),
+        },
+    );
+    let connection = pushq_worker::broker::connect(crate::helpers::AMQP_URL, "twin-test")
+        .await
+        .expect("connects");
+    let publisher =
+        pushq_worker::broker::publisher::Publisher::open(&connection, app.topology.clone())
+            .await
+            .expect("publisher");
+    let event = json!({
+        "specversion": "1.0", "id": "twin-event", "source": "/tests", "type": "pushq.notification.send",
+        "data": {"to": {"user": "twin"}, "payload": "one copy"},
+    })
+    .to_string();
+    let properties = crate::helpers::structured_properties();
+    let outcomes = pipeline
+        .handle_many(
+            Source::Producer,
+            &[
+                (&properties, event.as_bytes()),
+                (&properties, event.as_bytes()),
+            ],
+            &publisher,
+        )
+        .await;
+    assert_eq!(outcomes, [Outcome::ack(), Outcome::ack()]);
+    let received = app
+        .fake
+        .wait_for_received(1, WAIT)
+        .await
+        .expect("delivered");
+    assert_eq!(received.len(), 1);
+    assert_eq!(app.fake.received_by(&browser)[0].text(), "one copy");
+    let _ = connection.close(200, "done".into()).await;
+    app.stop().await;
+}
