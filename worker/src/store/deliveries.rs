@@ -302,12 +302,12 @@ pub async fn record_many(
         .collect())
 }
 
-/// Deletes final delivery records older than `retention`: they only guard
-/// against redeliveries, which never come that late.
+/// Deletes final delivery records created more than `retention` ago: they
+/// only guard against redeliveries, which never come that late.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
     sqlx::query(
         "DELETE FROM deliveries
-         WHERE updated_at < now() - make_interval(secs => $1::float8)
+         WHERE created_at < now() - make_interval(secs => $1::float8)
            AND status IN ('delivered', 'failed', 'gone', 'expired')",
     )
     .bind(retention.as_secs_f64())
