@@ -48,7 +48,8 @@ impl Publisher {
         &self.topology
     }
 
-    /// Publishes persistent and `mandatory`, and waits for the confirm.
+    /// Publishes persistent and `mandatory` (a message no queue takes is an
+    /// error instead of a silent drop), and waits for the confirm.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -56,27 +57,13 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        self.publish_to(exchange, routing_key, body, properties, true)
-            .await
-    }
-
-    /// Publishes persistent and waits for the confirm. With `mandatory`, a
-    /// message no queue takes is an error instead of a silent drop.
-    pub async fn publish_to(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<(), BrokerError> {
         let confirmation = self
             .channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
-                    mandatory,
+                    mandatory: true,
                     ..BasicPublishOptions::default()
                 },
                 body,
