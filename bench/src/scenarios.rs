@@ -136,7 +136,8 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
         reports.push(report);
     }
     let settings = bench.worker_settings_for_cleanup()?;
-    let _ = pushq_worker::demo::delete_topology(AMQP_URL, &bench.topology, &settings).await;
+    let tiers = settings.retry_schedule().tiers().to_vec();
+    let _ = pushq_worker::broker::topology::delete(AMQP_URL, &bench.topology, &tiers).await;
     print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
     if let Some(path) = &bench.options.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)

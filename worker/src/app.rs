@@ -20,7 +20,6 @@ use crate::config::{ConfigError, Settings};
 use crate::pipeline::{Pipeline, PipelineSettings, Source};
 use crate::push::limits::Limits;
 use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
-use crate::retry::RetrySchedule;
 use crate::store::{self, StoreError, subscriptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +81,7 @@ impl App {
             push,
             PipelineSettings {
                 claim_lease: Duration::from_secs(60),
-                schedule: RetrySchedule::new(
-                    settings.retry_delays.clone(),
-                    settings.retry_after_max,
-                ),
+                schedule: settings.retry_schedule(),
                 fanout_concurrency: 32,
                 fanout_chunk: settings.fanout_chunk,
                 max_consecutive_failures: settings.max_consecutive_failures,

@@ -12,6 +12,7 @@ use crate::push::limits::{
     DEFAULT_RATE_LIMIT, DEFAULT_RATE_LIMITS, LimitSettings, parse_rate_limits,
 };
 use crate::push::{EndpointPolicy, VapidPrivateKey};
+use crate::retry::RetrySchedule;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pushq";
@@ -231,6 +232,11 @@ impl Settings {
 
     pub fn database_url(&self) -> &str {
         self.database_url.expose_secret()
+    }
+
+    /// The retry schedule these settings make: delays, and the delay queues.
+    pub fn retry_schedule(&self) -> RetrySchedule {
+        RetrySchedule::new(self.retry_delays.clone(), self.retry_after_max)
     }
 
     /// `run` cannot sign without these; says which is missing.

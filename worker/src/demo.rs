@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use pushq_fake_push::FakePushService;
 use pushq_producer::{NotificationSend, Producer, PushSubscription, SubscriptionRegister, Target};
 use pushq_schemas::Topology;
@@ -18,9 +17,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Exit};
+use crate::broker::topology;
 use crate::config::Settings;
 use crate::push::{EndpointPolicy, VapidPrivateKey};
-use crate::retry::RetrySchedule;
 use crate::store::subscriptions;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -252,43 +251,8 @@ async fn cleanup(settings: &Settings, topology: &Topology, pool: &sqlx::PgPool, 
     if let Err(err) = subscriptions::delete_by_user_prefix(pool, user_prefix).await {
         tracing::warn!(error = %err, "could not delete the demo's subscriptions");
     }
-    if let Err(err) = delete_topology(settings.amqp_url(), topology, settings).await {
+    let tiers = settings.retry_schedule().tiers().to_vec();
+    if let Err(err) = topology::delete(settings.amqp_url(), topology, &tiers).await {
         tracing::warn!(error = %err, "could not delete the demo's queues");
     }
-}
-
-/// Deletes every queue and exchange of a topology (demo and tests), with the
-/// delay queues of the schedule `retry_delays` would make.
-pub async fn delete_topology(
-    amqp_url: &str,
-    topology: &Topology,
-    settings: &Settings,
-) -> anyhow::Result<()> {
-    let connection = crate::broker::connect(amqp_url, "pushq-cleanup").await?;
-    let channel = connection.create_channel().await?;
-    let schedule = RetrySchedule::new(settings.retry_delays.clone(), settings.retry_after_max);
-    let retry_queues = schedule
-        .tiers()
-        .iter()
-        .map(|&delay| topology.retry_queue(delay));
-    for queue in [
-        topology.jobs_queue(),
-        topology.subscriptions_queue(),
-        topology.feedback_queue(),
-        topology.dead_queue(),
-    ]
-    .into_iter()
-    .chain(retry_queues)
-    {
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    for exchange in [topology.exchange(), topology.results_exchange()] {
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await?;
-    }
-    connection.close(200, "cleanup done".into()).await?;
-    Ok(())
 }

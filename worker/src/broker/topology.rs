@@ -2,7 +2,10 @@
 //! declaration is idempotent with fixed arguments, so any number of replicas
 //! (and producers) may declare at once.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use pushq_schemas::{Topology, event_types};
@@ -155,4 +158,43 @@ pub async fn declare(
     )
     .await?;
     Ok(())
+}
+
+/// Deletes every queue (the delay queues of `retry_tiers` included) and
+/// exchange of a topology: what the demo, the tests and the benchmark made.
+pub async fn delete(
+    amqp_url: &str,
+    topology: &Topology,
+    retry_tiers: &[u64],
+) -> Result<(), BrokerError> {
+    let connection = super::connect(amqp_url, "pushq-cleanup").await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp_error("opening a channel"))?;
+    let retry_queues = retry_tiers.iter().map(|&delay| topology.retry_queue(delay));
+    for queue in [
+        topology.jobs_queue(),
+        topology.subscriptions_queue(),
+        topology.feedback_queue(),
+        topology.dead_queue(),
+    ]
+    .into_iter()
+    .chain(retry_queues)
+    {
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .map_err(amqp_error("deleting a queue"))?;
+    }
+    for exchange in [topology.exchange(), topology.results_exchange()] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(amqp_error("deleting an exchange"))?;
+    }
+    connection
+        .close(200, "cleanup done".into())
+        .await
+        .map_err(amqp_error("closing"))
 }

@@ -336,10 +336,7 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
         push,
         PipelineSettings {
             claim_lease: std::time::Duration::from_secs(60),
-            schedule: pushq_worker::retry::RetrySchedule::new(
-                app.settings.retry_delays.clone(),
-                app.settings.retry_after_max,
-            ),
+            schedule: app.settings.retry_schedule(),
             fanout_concurrency: 8,
             fanout_chunk: 500,
             max_consecutive_failures: 10,

@@ -251,9 +251,13 @@ impl TestApp {
         let _ = self.producer.close().await;
         let _ = self.raw_connection.close(200, "done".into()).await;
         self.pool.close().await;
-        pushq_worker::demo::delete_topology(AMQP_URL, &self.topology, &self.settings)
-            .await
-            .expect("topology deleted");
+        pushq_worker::broker::topology::delete(
+            AMQP_URL,
+            &self.topology,
+            self.settings.retry_schedule().tiers(),
+        )
+        .await
+        .expect("topology deleted");
         drop_database(&self.database).await;
     }
 }
