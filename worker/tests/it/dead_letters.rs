@@ -165,10 +165,7 @@ async fn each_invalid_event_is_dead_lettered_with_its_reason_and_good_ones_flow_
     assert_eq!(binary.kind, "invalid_data");
     assert!(binary.headers.inner().contains_key("cloudEvents_id"));
     // Nothing was stored for the refused registration.
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let stored = app.subscription_count().await;
     assert_eq!(stored, 1);
     app.stop().await;
 }

@@ -152,10 +152,7 @@ async fn every_target_kind_reaches_exactly_its_subscriptions() {
     assert_eq!(texts(&other), ["", "news"]);
     assert_eq!(texts(&one_off), [r#"{"one":"off"}"#]);
     // The one-off subscription was not stored.
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let stored = app.subscription_count().await;
     assert_eq!(stored, 3);
     app.stop().await;
 }

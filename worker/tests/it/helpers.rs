@@ -158,6 +158,14 @@ impl TestApp {
         .await;
     }
 
+    /// How many subscriptions are stored.
+    pub async fn subscription_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count subscriptions")
+    }
+
     /// Polls a condition on the database, bounded by [`WAIT`].
     pub async fn wait_until<F, Fut>(&self, what: &str, mut condition: F)
     where

@@ -18,13 +18,6 @@ fn by_type<'a>(results: &'a [ResultEvent], event_type: &str) -> Vec<&'a ResultEv
         .collect()
 }
 
-async fn subscriptions_left(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_final_answer_is_recorded_and_published_as_its_result() {
     let app = TestApp::spawn().await;
@@ -96,7 +89,7 @@ async fn every_final_answer_is_recorded_and_published_as_its_result() {
     assert_eq!(app.fake.answered().len(), answers.len());
     // The feedback loop deletes the two gone subscriptions, and only those.
     app.wait_until("gone subscriptions are deleted", || async {
-        subscriptions_left(&app).await == 7
+        app.subscription_count().await == 7
     })
     .await;
     results.none_within(Duration::from_millis(300)).await;
@@ -341,7 +334,7 @@ async fn a_subscription_failing_again_and_again_is_dropped_and_an_expired_one_is
         assert_eq!(got[0].data.reason, Some(ResultReason::BadRequest));
     }
     assert_eq!(
-        subscriptions_left(&app).await,
+        app.subscription_count().await,
         0,
         "deleted at the threshold"
     );
@@ -359,7 +352,7 @@ async fn a_subscription_failing_again_and_again_is_dropped_and_an_expired_one_is
         .await
         .expect("registered");
     app.wait_until("the registration is stored", || async {
-        subscriptions_left(&app).await == 1
+        app.subscription_count().await == 1
     })
     .await;
     app.producer

@@ -45,10 +45,7 @@ async fn a_foreign_vapid_key_is_refused_and_recorded_as_failed() {
     assert_eq!(rejections.len(), 1);
     assert_eq!(rejections[0].status, 403);
     // 403 is our fault, not the subscription's: it is kept.
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
-        .fetch_one(&app.pool)
-        .await
-        .expect("count");
+    let kept = app.subscription_count().await;
     assert_eq!(kept, 2);
     app.stop().await;
 }
@@ -67,11 +64,7 @@ async fn a_gone_subscription_is_deleted() {
         .await
         .expect("published");
     app.wait_until("the gone subscription is deleted", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM subscriptions")
-            .fetch_one(&app.pool)
-            .await
-            .map(|n| n == 0)
-            .unwrap_or(false)
+        app.subscription_count().await == 0
     })
     .await;
     assert!(app.fake.answered().iter().any(|(_, status)| *status == 410));
