@@ -64,7 +64,7 @@ pub async fn worker_process() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let app = App::build(settings.clone()).await?;
     let shutdown = CancellationToken::new();
-    pushq_worker::http::serve(settings.http_addr, app.ready(), shutdown.clone()).await?;
+    pushq_worker::http::serve(settings.http_addr, app.observed(), shutdown.clone()).await?;
     let signal = shutdown.clone();
     tokio::spawn(async move {
         if let Ok(mut term) =

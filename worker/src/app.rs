@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError, consumer, topology};
 use crate::config::{ConfigError, Settings};
+use crate::http::Observed;
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSettings, Source};
 use crate::push::limits::Limits;
 use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
@@ -73,6 +75,7 @@ impl App {
             settings.endpoint_policy.clone(),
             limits,
             &HttpSettings::default(),
+            Metrics::new(),
         )
         .map_err(BuildError::Http)?;
         let consumer_tag = format!("pushq-worker-{}", uuid::Uuid::new_v4().simple());
@@ -109,6 +112,15 @@ impl App {
         self.ready.subscribe()
     }
 
+    /// What `/readyz` and `/metrics` report on.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            consuming: self.ready(),
+            pool: self.pool().clone(),
+            metrics: self.pipeline.metrics().clone(),
+        }
+    }
+
     /// The name of this replica's broker connection (and its consumer tag).
     pub fn connection_name(&self) -> &str {
         &self.consumer_tag
@@ -118,6 +130,7 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> Exit {
         tokio::spawn(sweep(
             self.pool().clone(),
+            self.pipeline.metrics().clone(),
             self.settings.delivery_retention,
             shutdown.clone(),
         ));
@@ -228,7 +241,12 @@ impl App {
 /// Browsers give subscriptions an expiration time; lookups already skip
 /// expired ones, and this removes them for good. It also prunes delivery
 /// records past their retention.
-async fn sweep(pool: PgPool, delivery_retention: Duration, shutdown: CancellationToken) {
+async fn sweep(
+    pool: PgPool,
+    metrics: Metrics,
+    delivery_retention: Duration,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -237,7 +255,10 @@ async fn sweep(pool: PgPool, delivery_retention: Duration, shutdown: Cancellatio
         }
         match subscriptions::delete_expired(&pool).await {
             Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "expired subscriptions deleted"),
+            Ok(deleted) => {
+                metrics.subscriptions_deleted("expired", deleted);
+                tracing::info!(deleted, "expired subscriptions deleted");
+            }
             Err(err) => tracing::warn!(error = %err, "sweeping expired subscriptions failed"),
         }
         match store::deliveries::prune(&pool, delivery_retention).await {

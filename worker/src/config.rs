@@ -61,6 +61,17 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub database_max_connections: u32,
     pub log_format: LogFormat,
+    /// Where spans go; `None` when no OTLP endpoint is configured.
+    pub trace_export: Option<TraceExport>,
+}
+
+/// OTLP over HTTP with protobuf; the exporter reads the endpoint, headers and
+/// timeouts from the standard `OTEL_EXPORTER_OTLP_*` variables itself, and
+/// the SDK its sampler (`OTEL_TRACES_SAMPLER`) and batching (`OTEL_BSP_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceExport {
+    /// `OTEL_SERVICE_NAME`, or `pushq-worker`.
+    pub service_name: String,
 }
 
 impl Settings {
@@ -188,6 +199,27 @@ impl Settings {
             16,
             1,
         )?;
+        let trace_export = if get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .is_some()
+            && get("OTEL_SDK_DISABLED").as_deref() != Some("true")
+        {
+            for name in [
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ] {
+                if get(name).is_some_and(|protocol| protocol != "http/protobuf") {
+                    return Err(ConfigError(format!(
+                        "{name} must be http/protobuf, the one OTLP protocol pushq exports with"
+                    )));
+                }
+            }
+            Some(TraceExport {
+                service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| "pushq-worker".into()),
+            })
+        } else {
+            None
+        };
         let log_format = match get("PUSHQ_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -223,6 +255,7 @@ impl Settings {
             shutdown_grace,
             database_max_connections,
             log_format,
+            trace_export,
         })
     }
 
@@ -347,6 +380,26 @@ mod tests {
         assert_eq!(s.retry_delays.len(), 8);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert!(s.require_vapid().is_err());
+        assert_eq!(
+            s.trace_export, None,
+            "nothing is exported without an endpoint"
+        );
+    }
+
+    #[test]
+    fn an_otlp_endpoint_turns_trace_export_on_over_http_protobuf_only() {
+        let s =
+            settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).expect("valid");
+        assert_eq!(
+            s.trace_export.map(|export| export.service_name).as_deref(),
+            Some("pushq-worker")
+        );
+        let err = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .expect_err("grpc is not built in");
+        assert!(err.0.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
     }
 
     #[test]

@@ -6,14 +6,16 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::broker::decode::decode;
-use crate::pipeline::{DEPENDENCY_BACKOFF, Outcome};
+use crate::metrics::Metrics;
+use crate::pipeline::{DEPENDENCY_BACKOFF, Outcome, Received};
 use crate::store::subscriptions;
 
-pub async fn handle(pool: &PgPool, properties: &lapin::BasicProperties, body: &[u8]) -> Outcome {
-    let event = match decode(properties, body) {
+pub async fn handle(pool: &PgPool, metrics: &Metrics, message: &Received<'_>) -> Outcome {
+    let event = match decode(message.properties, message.body) {
         Ok(event) => event,
         Err(invalid) => return Outcome::DeadLetter(invalid),
     };
+    message.follow(&event);
     if event.event_type != ResultType::Gone.as_str() {
         return Outcome::DeadLetter(InvalidEvent::new(
             InvalidKind::UnknownType,
@@ -43,6 +45,7 @@ pub async fn handle(pool: &PgPool, properties: &lapin::BasicProperties, body: &[
     };
     match subscriptions::delete_by_id(pool, id).await {
         Ok(deleted) => {
+            metrics.subscriptions_deleted("gone", deleted);
             if deleted > 0 {
                 tracing::info!(subscription = %id, push_service = %result.push_service, "gone subscription deleted");
             }

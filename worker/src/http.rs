@@ -1,21 +1,39 @@
-//! Health endpoints for orchestrators: `/healthz` (the process is sound) and
-//! `/readyz` (both queues have this replica's consumer).
+//! The operator's endpoints: `/healthz` (the process is sound), `/readyz`
+//! (consuming every queue, so connected to the broker with the topology
+//! declared, and the database answering) and `/metrics` (Prometheus text).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How long `/readyz` waits for the database before calling it unreachable.
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the endpoints report on; [`crate::app::App::observed`] gives it.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// True while every queue has this replica's consumer.
+    pub consuming: watch::Receiver<bool>,
+    pub pool: PgPool,
+    pub metrics: Metrics,
+}
 
 /// Binds `addr` (port 0 picks a free port) and serves until `shutdown`.
 /// Returns the bound address, which is also logged.
 pub async fn serve(
     addr: SocketAddr,
-    ready: watch::Receiver<bool>,
+    observed: Observed,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -23,8 +41,9 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(ready);
-    tracing::info!(addr = %bound, "health endpoints listening");
+        .route("/metrics", get(metrics))
+        .with_state(observed);
+    tracing::info!(addr = %bound, "health and metrics endpoints listening");
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -36,12 +55,35 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn readyz(State(ready): State<watch::Receiver<bool>>) -> (StatusCode, &'static str) {
-    if *ready.borrow() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+async fn readyz(State(observed): State<Observed>) -> (StatusCode, &'static str) {
+    if !*observed.consuming.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not consuming: the broker is unreachable or the topology is not declared",
+        );
     }
+    let database = tokio::time::timeout(
+        DATABASE_CHECK_TIMEOUT,
+        sqlx::query("SELECT 1").execute(&observed.pool),
+    )
+    .await;
+    match database {
+        Ok(Ok(_)) => (StatusCode::OK, "ready"),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database does not answer",
+        ),
+    }
+}
+
+async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        observed.metrics.render(),
+    )
 }
 
 /// `pushq-worker probe`: asks a running worker's `/readyz`, for container

@@ -8,6 +8,7 @@ pub mod dead;
 pub mod demo;
 pub mod feedback;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod push;
 pub mod results;

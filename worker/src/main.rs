@@ -85,7 +85,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(settings.log_format);
+    let telemetry = match telemetry::init(settings.log_format, settings.trace_export.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("pushq-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -93,13 +99,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, settings)) {
+    let code = match runtime.block_on(execute(cli.command, settings)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("pushq-worker: {err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -116,7 +125,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            pushq_worker::http::serve(settings_http_addr, app.ready(), shutdown.clone())
+            pushq_worker::http::serve(settings_http_addr, app.observed(), shutdown.clone())
                 .await
                 .with_context(|| format!("while binding PUSHQ_HTTP_ADDR {settings_http_addr}"))?;
             Ok(match app.run(shutdown).await {

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::broker::BrokerError;
 use crate::broker::publisher::Publisher;
+use crate::telemetry::TraceContext;
 
 /// A UUID (version 8) from a hash of `parts`, stable across replicas.
 pub fn derived_id(parts: &[&str]) -> Uuid {
@@ -23,12 +24,12 @@ pub fn derived_id(parts: &[&str]) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// Builds the result event; `traceparent` continues the notification's trace.
+/// Builds the result event; `trace` is the delivery's (DESIGN §2.6).
 pub fn result_event(
     result_type: ResultType,
     data: &DeliveryResult,
     source: &str,
-    traceparent: Option<&str>,
+    trace: Option<&TraceContext>,
 ) -> CloudEvent {
     let subscription = data.subscription.as_deref().unwrap_or("-");
     let attempt = data.attempt.to_string();
@@ -45,7 +46,10 @@ pub fn result_event(
     );
     event.id = id.to_string();
     event.subject = data.subscription.clone();
-    event.traceparent = traceparent.map(str::to_owned);
+    if let Some(trace) = trace {
+        event.traceparent = Some(trace.traceparent.clone());
+        event.tracestate = trace.tracestate.clone();
+    }
     event
 }
 

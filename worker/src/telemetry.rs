@@ -1,18 +1,173 @@
-//! Logs: human-readable text by default, JSON lines on request.
+//! Logs and traces. Logs are text by default, JSON lines on request; every
+//! line written while a job is handled carries the job's `trace_id`. Spans go
+//! to an OTLP collector only when one is configured (DESIGN §2.3, §2.6).
 
-use tracing_subscriber::EnvFilter;
+use std::collections::HashMap;
 
-use crate::config::LogFormat;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// `RUST_LOG` overrides the default level (`info`).
-pub fn init_logging(format: LogFormat) {
+use crate::config::{LogFormat, TraceExport};
+
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes it.
+#[derive(Debug, Default)]
+#[must_use = "spans still buffered are lost unless shutdown() is called"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports every span still buffered. Call it outside the async runtime:
+    /// the exporter's blocking HTTP client cannot be used from inside one.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("pushq-worker: flushing spans to the OTLP endpoint failed: {err}");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the OTLP span exporter: {0}")]
+pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+
+/// Installs the process's subscriber: `RUST_LOG` overrides the default level
+/// (`info`). Call it before the async runtime starts.
+pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, TelemetryError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+        // The span list carries `trace_id` from the job's span into each line.
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .with_writer(std::io::stderr),
+        ),
     };
+    let (provider, traces) = match export {
+        None => (None, None),
+        Some(export) => {
+            // The exporter builds its own HTTP client, which needs rustls' provider.
+            crate::push::client::install_crypto_provider();
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name(export.service_name.clone())
+                        .build(),
+                )
+                .build();
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("pushq-worker"));
+            (Some(provider), Some(layer))
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .with(filter)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+/// The W3C trace context of a span, as an event carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+/// Makes `span` a child of the event's trace context, and records its
+/// `trace_id` for the logs, taken from the event when no spans are exported.
+/// Call it before the span is first entered: a started span keeps its parent.
+pub fn continue_trace(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    if let Some(traceparent) = traceparent {
+        let parent = TraceContextPropagator::new().extract(&EventCarrier {
+            traceparent,
+            tracestate,
+        });
+        // An error only says that no span is exported (or this one is
+        // filtered out): there is nothing to attach the parent to.
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = trace_context(span)
+        .map(|context| context.traceparent)
+        .or_else(|| traceparent.map(str::to_owned))
+        .and_then(|traceparent| trace_id_of(&traceparent).map(str::to_owned));
+    if let Some(trace_id) = trace_id {
+        span.record("trace_id", trace_id);
+    }
+}
+
+/// The context to write into an event that continues `span`'s trace, or
+/// `None` when spans are not exported.
+pub fn trace_context(span: &Span) -> Option<TraceContext> {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    Some(TraceContext {
+        traceparent: carrier.remove("traceparent")?,
+        tracestate: carrier
+            .remove("tracestate")
+            .filter(|state| !state.is_empty()),
+    })
+}
+
+/// The trace id field of a well-formed `traceparent`.
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut fields = traceparent.split('-');
+    let (_version, trace_id) = (fields.next()?, fields.next()?);
+    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+struct EventCarrier<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for EventCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_id_is_read_from_a_well_formed_traceparent_only() {
+        assert_eq!(
+            trace_id_of("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(trace_id_of("00-nothex-b7ad6b7169203331-01"), None);
+        assert_eq!(trace_id_of("garbage"), None);
+    }
 }

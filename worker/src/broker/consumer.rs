@@ -13,10 +13,12 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::publisher::{Origin, Publisher};
 use super::{BrokerError, amqp_error};
-use crate::pipeline::{FollowUp, Outcome, Pipeline, Source};
+use crate::metrics::Metrics;
+use crate::pipeline::{FollowUp, Outcome, Pipeline, Received, Source};
 
 /// The most messages handled as one batch.
 const MAX_BATCH: usize = 64;
@@ -107,14 +109,19 @@ pub async fn run(
                     let pipeline = pipeline.clone();
                     let publisher = publisher.clone();
                     let stop = stop.clone();
+                    let queue = queue.clone();
                     tracker.spawn(async move {
-                        let messages: Vec<(&lapin::BasicProperties, &[u8])> = batch
+                        let messages: Vec<Received<'_>> = batch
                             .iter()
-                            .map(|delivery| (&delivery.properties, delivery.data.as_slice()))
+                            .map(|delivery| {
+                                Received::new(&delivery.properties, &delivery.data, &queue)
+                            })
                             .collect();
                         let outcomes = pipeline.handle_many(source, &messages, &publisher).await;
-                        for (delivery, outcome) in batch.iter().zip(outcomes) {
-                            settle(delivery, outcome, &publisher, &stop).await;
+                        for ((delivery, message), outcome) in batch.iter().zip(messages).zip(outcomes) {
+                            settle(delivery, outcome, &publisher, pipeline.metrics(), &stop)
+                                .instrument(message.span)
+                                .await;
                         }
                     });
                     if let Some(source) = failed {
@@ -134,16 +141,19 @@ async fn settle(
     delivery: &Delivery,
     outcome: Outcome,
     publisher: &Publisher,
+    metrics: &Metrics,
     stop: &CancellationToken,
 ) {
     let settled = match outcome {
-        Outcome::Ack { follow_ups } => match publish_follow_ups(follow_ups, publisher).await {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
-            Err(err) => {
-                tracing::error!(error = %err, "could not publish a retry; handing the message back");
-                requeue(delivery, Duration::from_secs(1), stop).await
+        Outcome::Ack { follow_ups } => {
+            match publish_follow_ups(follow_ups, publisher, metrics).await {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not publish a retry; handing the message back");
+                    requeue(delivery, Duration::from_secs(1), stop).await
+                }
             }
-        },
+        }
         Outcome::DeadLetter(reason) => {
             tracing::warn!(kind = %reason.kind, error = %reason.message, "dead-lettering an event");
             let origin = Origin {
@@ -154,7 +164,10 @@ async fn settle(
                 .dead_letter(&origin, &delivery.properties, &delivery.data, &reason)
                 .await
             {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+                Ok(()) => {
+                    metrics.dead_letter(reason.kind.as_str());
+                    delivery.ack(BasicAckOptions::default()).await.map(drop)
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "could not dead-letter; handing the message back");
                     requeue(delivery, Duration::from_secs(1), stop).await
@@ -173,6 +186,7 @@ async fn settle(
 async fn publish_follow_ups(
     follow_ups: Vec<FollowUp>,
     publisher: &Publisher,
+    metrics: &Metrics,
 ) -> Result<(), BrokerError> {
     let topology = publisher.topology().clone();
     let properties = lapin::BasicProperties::default()
@@ -212,6 +226,7 @@ async fn publish_follow_ups(
                         &reason,
                     )
                     .await?;
+                metrics.dead_letter(reason.kind.as_str());
             }
         }
     }

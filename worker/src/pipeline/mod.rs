@@ -17,14 +17,18 @@ use pushq_schemas::{
     event_types,
 };
 use sqlx::PgPool;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::broker::decode::decode;
 use crate::broker::publisher::{Publisher, header_str};
+use crate::metrics::Metrics;
 use crate::push::{OriginPauses, PushClient};
 use crate::retry::RetrySchedule;
 use crate::store::StoreError;
 use crate::store::deliveries::PublishedMarks;
 use crate::store::subscriptions;
+use crate::telemetry;
 
 use notify::Prepared;
 pub use notify::{ChunkData, REGISTRATION_SETTLE, RetryData};
@@ -83,6 +87,48 @@ impl KnownEndpoints {
         self.looked_up
             .contains(endpoint)
             .then(|| self.found.get(endpoint).cloned())
+    }
+}
+
+/// One message as the consumer hands it over, with the CONSUMER span that
+/// follows it until it is settled.
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub properties: &'a BasicProperties,
+    pub body: &'a [u8],
+    pub span: Span,
+}
+
+impl<'a> Received<'a> {
+    pub fn new(properties: &'a BasicProperties, body: &'a [u8], queue: &str) -> Self {
+        let span = tracing::info_span!(
+            "pushq.job",
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = queue,
+            messaging.message.id = properties.message_id().as_ref().map(|id| id.as_str()),
+            cloudevents.event_id = Empty,
+            cloudevents.event_type = Empty,
+            trace_id = Empty,
+        );
+        Self {
+            properties,
+            body,
+            span,
+        }
+    }
+
+    /// Makes the span continue the event's trace and name the event.
+    pub(crate) fn follow(&self, event: &CloudEvent) {
+        self.span.record("cloudevents.event_id", event.id.as_str());
+        self.span
+            .record("cloudevents.event_type", event.event_type.as_str());
+        telemetry::continue_trace(
+            &self.span,
+            event.traceparent.as_deref(),
+            event.tracestate.as_deref(),
+        );
     }
 }
 
@@ -148,6 +194,10 @@ impl Pipeline {
         &self.settings
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        self.push.metrics()
+    }
+
     /// Handles several messages at once: each is decoded and resolved on its
     /// own, then every delivery among them is claimed, recorded and published
     /// together, so a burst of unicast notifications costs a few round trips
@@ -155,21 +205,26 @@ impl Pipeline {
     pub async fn handle_many(
         &self,
         source: Source,
-        messages: &[(&BasicProperties, &[u8])],
+        messages: &[Received<'_>],
         publisher: &Publisher,
     ) -> Vec<Outcome> {
         if source == Source::Feedback {
-            return join_all(
-                messages.iter().map(|(properties, body)| {
-                    crate::feedback::handle(&self.pool, properties, body)
-                }),
-            )
+            return join_all(messages.iter().map(|message| {
+                crate::feedback::handle(&self.pool, self.metrics(), message)
+                    .instrument(message.span.clone())
+            }))
             .await;
         }
         let received_at = Utc::now();
         let decoded: Vec<Result<CloudEvent, InvalidEvent>> = messages
             .iter()
-            .map(|(properties, body)| decode(properties, body))
+            .map(|message| {
+                let event = decode(message.properties, message.body);
+                if let Ok(event) = &event {
+                    message.follow(event);
+                }
+                event
+            })
             .collect();
         let known = match self.known_endpoints(&decoded).await {
             Ok(known) => known,
@@ -183,14 +238,10 @@ impl Pipeline {
                     .collect();
             }
         };
-        let prepared = join_all(
-            messages
-                .iter()
-                .zip(decoded)
-                .map(|((properties, _), event)| {
-                    self.prepare(properties, event, &known, received_at, publisher)
-                }),
-        )
+        let prepared = join_all(messages.iter().zip(decoded).map(|(message, event)| {
+            self.prepare(message, event, &known, received_at, publisher)
+                .instrument(message.span.clone())
+        }))
         .await;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
         let mut to_deliver = Vec::new();
@@ -253,7 +304,7 @@ impl Pipeline {
 
     async fn prepare(
         &self,
-        properties: &BasicProperties,
+        message: &Received<'_>,
         event: Result<CloudEvent, InvalidEvent>,
         known: &KnownEndpoints,
         received_at: chrono::DateTime<Utc>,
@@ -264,12 +315,13 @@ impl Pipeline {
             Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
         if event.event_type == event_types::INTERNAL_CHUNK {
-            return Prepared::Done(self.chunk(&event, publisher).await);
+            return Prepared::Done(self.chunk(&event, &message.span, publisher).await);
         }
         if event.event_type == event_types::INTERNAL_RETRY {
-            let replay =
-                header_str(properties.headers().as_ref(), REPLAY_HEADER).as_deref() == Some("true");
-            return self.prepare_retry(&event, replay).await;
+            let replay = header_str(message.properties.headers().as_ref(), REPLAY_HEADER)
+                .as_deref()
+                == Some("true");
+            return self.prepare_retry(&event, replay, &message.span).await;
         }
         let parsed = match ProducerEvent::parse(&event.event_type, event.data.as_ref()) {
             Ok(parsed) => parsed,
@@ -280,7 +332,7 @@ impl Pipeline {
             ProducerEvent::Unregister(unregister) => self.unregister(&unregister).await,
             ProducerEvent::Send(send) => {
                 return self
-                    .prepare_send(&event, &send, known, received_at, publisher)
+                    .prepare_send(&event, &send, known, received_at, &message.span, publisher)
                     .await;
             }
         };

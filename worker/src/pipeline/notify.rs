@@ -14,6 +14,8 @@ use pushq_schemas::{
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use super::{DEPENDENCY_BACKOFF, FollowUp, KnownEndpoints, Outcome, Pipeline};
@@ -25,6 +27,7 @@ use crate::retry::RetryDecision;
 use crate::store::StoreError;
 use crate::store::deliveries::{self, Claim, DeliveryStatus, Health};
 use crate::store::subscriptions::{self, Audience, StoredSubscription};
+use crate::telemetry::{self, TraceContext};
 
 /// How long after its creation an event with no matching subscription is
 /// looked up again (see [`Pipeline::resolve_after_settling`]).
@@ -80,6 +83,7 @@ pub(super) enum Prepared {
 /// A job that owns its notification, so jobs of several messages can be
 /// delivered together.
 pub(super) struct OwnedJob {
+    span: Span,
     notification: CloudEvent,
     send: NotificationSend,
     ttl_started: DateTime<Utc>,
@@ -91,6 +95,7 @@ pub(super) struct OwnedJob {
 impl OwnedJob {
     fn new(job: &Job<'_>, recipients: Vec<Recipient>) -> Self {
         Self {
+            span: job.span.clone(),
             notification: job.notification.clone(),
             send: job.send.clone(),
             ttl_started: job.ttl_started,
@@ -103,6 +108,8 @@ impl OwnedJob {
 
 /// One notification being delivered.
 pub(super) struct Job<'a> {
+    /// The message's CONSUMER span: the parent of each delivery's span.
+    span: &'a Span,
     notification: &'a CloudEvent,
     send: &'a NotificationSend,
     ttl_started: DateTime<Utc>,
@@ -116,6 +123,17 @@ impl Job<'_> {
         (Utc::now() - self.ttl_started)
             .to_std()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// The trace context an event continuing `span` carries: the span's own
+    /// when spans are exported, else the notification's, passed on unchanged.
+    fn trace_context(&self, span: &Span) -> Option<TraceContext> {
+        telemetry::trace_context(span).or_else(|| {
+            Some(TraceContext {
+                traceparent: self.notification.traceparent.clone()?,
+                tracestate: self.notification.tracestate.clone(),
+            })
+        })
     }
 }
 
@@ -162,9 +180,11 @@ impl Pipeline {
         send: &NotificationSend,
         known: &KnownEndpoints,
         received_at: DateTime<Utc>,
+        span: &Span,
         publisher: &Publisher,
     ) -> Prepared {
         let job = Job {
+            span,
             notification: event,
             send,
             ttl_started: event.time.unwrap_or(received_at),
@@ -230,7 +250,12 @@ impl Pipeline {
 
     /// A `pushq.internal.retry` event back from its delay queue: the
     /// recipients still to deliver to.
-    pub(super) async fn prepare_retry(&self, event: &CloudEvent, replay: bool) -> Prepared {
+    pub(super) async fn prepare_retry(
+        &self,
+        event: &CloudEvent,
+        replay: bool,
+        span: &Span,
+    ) -> Prepared {
         let Some(data) = event
             .data
             .clone()
@@ -245,6 +270,7 @@ impl Pipeline {
             Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
         let job = Job {
+            span,
             notification: &notification,
             send: &send,
             ttl_started: notification.time.unwrap_or(data.first_received),
@@ -259,7 +285,12 @@ impl Pipeline {
     }
 
     /// A `pushq.internal.chunk` event: one id range of a large audience.
-    pub(super) async fn chunk(&self, event: &CloudEvent, publisher: &Publisher) -> Outcome {
+    pub(super) async fn chunk(
+        &self,
+        event: &CloudEvent,
+        span: &Span,
+        publisher: &Publisher,
+    ) -> Outcome {
         let Some(data) = event
             .data
             .clone()
@@ -281,6 +312,7 @@ impl Pipeline {
             }
         };
         let job = Job {
+            span,
             notification: &notification,
             send: &send,
             ttl_started: notification.time.unwrap_or(data.first_received),
@@ -329,6 +361,7 @@ impl Pipeline {
         for job in owned {
             recipients.push(job.recipients);
             metas.push((
+                job.span,
                 job.notification,
                 job.send,
                 job.ttl_started,
@@ -339,7 +372,8 @@ impl Pipeline {
         let jobs: Vec<Job<'_>> = metas
             .iter()
             .map(
-                |(notification, send, ttl_started, first_received, replay)| Job {
+                |(span, notification, send, ttl_started, first_received, replay)| Job {
+                    span,
                     notification,
                     send,
                     ttl_started: *ttl_started,
@@ -423,24 +457,27 @@ impl Pipeline {
             let job = jobs[p.job];
             match claims.get(&key(job, &p.recipient)).copied() {
                 Some(Claim::Granted { attempt }) => {
+                    let span = deliver_span(job, &p.origin, attempt);
                     // Whole seconds, as the TTL header counts them: a TTL of 0 is sent once.
                     if job.age().as_secs() > u64::from(job.send.ttl) {
-                        tracing::info!(event_id = %job.notification.id, push_service = %p.origin, "TTL passed before delivery; expired");
+                        span.in_scope(|| tracing::info!(event_id = %job.notification.id, push_service = %p.origin, "TTL passed before delivery; expired"));
                         concluded.push(Concluded::new(
                             p,
+                            span,
                             attempt,
                             DeliveryStatus::Expired,
                             None,
                             Some(ResultReason::Expired),
                         ));
                     } else {
-                        to_send.push((p, attempt));
+                        to_send.push((p, attempt, span));
                     }
                 }
                 Some(Claim::Done(recorded)) => {
                     if !recorded.result_published {
                         let mut again = Concluded::new(
                             p,
+                            job.span.clone(),
                             recorded.attempts.max(1),
                             recorded.status,
                             recorded.http_status,
@@ -457,20 +494,25 @@ impl Pipeline {
             }
         }
         let payloads: Vec<Vec<u8>> = jobs.iter().map(|job| job.send.payload_bytes()).collect();
-        let answers: Vec<(Pending, u32, Answer)> = stream::iter(to_send)
-            .map(|(p, attempt)| {
+        let answers: Vec<(Pending, u32, Span, Answer)> = stream::iter(to_send)
+            .map(|(p, attempt, span)| {
                 let job = jobs[p.job];
                 let payload = &payloads[p.job];
                 async move {
-                    let answer = self.send_one(job, &p.recipient, &p.origin, payload).await;
-                    (p, attempt, answer)
+                    let answer = self
+                        .send_one(job, &p.recipient, &p.origin, payload)
+                        .instrument(span.clone())
+                        .await;
+                    (p, attempt, span, answer)
                 }
             })
             .buffer_unordered(self.settings.fanout_concurrency.max(1))
             .collect()
             .await;
-        for (p, attempt, answer) in answers {
+        for (p, attempt, span, answer) in answers {
             let job = jobs[p.job];
+            // No await below: the guard only scopes this delivery's log lines.
+            let _in_span = span.enter();
             let (verdict, status) = match answer {
                 Ok(answer) => answer,
                 Err(wait) => {
@@ -478,8 +520,10 @@ impl Pipeline {
                     // and the attempt does not count.
                     batches[p.job]
                         .retry(p.recipient.id, self.settings.schedule.tier_for_pause(wait));
+                    drop(_in_span);
                     let mut deferred = Concluded::new(
                         p,
+                        span,
                         attempt,
                         DeliveryStatus::Retrying,
                         None,
@@ -490,6 +534,9 @@ impl Pipeline {
                     continue;
                 }
             };
+            if let Some(status) = status {
+                span.record("http.response.status_code", status);
+            }
             let (delivery_status, reason) = match verdict {
                 Verdict::Delivered => (DeliveryStatus::Delivered, None),
                 Verdict::Gone => {
@@ -521,8 +568,10 @@ impl Pipeline {
                         RetryDecision::After { delay_ms } => {
                             tracing::info!(event_id = %job.notification.id, push_service = %p.origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
                             batches[p.job].retry(p.recipient.id, delay_ms);
+                            drop(_in_span);
                             let mut retrying = Concluded::new(
                                 p,
+                                span,
                                 attempt,
                                 DeliveryStatus::Retrying,
                                 status,
@@ -547,7 +596,15 @@ impl Pipeline {
                     }
                 }
             };
-            concluded.push(Concluded::new(p, attempt, delivery_status, status, reason));
+            drop(_in_span);
+            concluded.push(Concluded::new(
+                p,
+                span,
+                attempt,
+                delivery_status,
+                status,
+                reason,
+            ));
         }
         self.record_and_publish(jobs, concluded, publisher).await
     }
@@ -625,16 +682,33 @@ impl Pipeline {
             let limit = self.settings.max_consecutive_failures;
             for (id, failures) in failures {
                 if limit > 0 && failures >= limit {
-                    subscriptions::delete_by_id(&self.pool, id).await?;
+                    let deleted = subscriptions::delete_by_id(&self.pool, id).await?;
+                    self.metrics().subscriptions_deleted("failing", deleted);
                     tracing::warn!(subscription = %id, failures, "subscription deleted after consecutive failures (PUSHQ_MAX_CONSECUTIVE_FAILURES)");
                 }
             }
         }
+        let now = Utc::now();
         let events: Vec<CloudEvent> = concluded
             .iter()
             .filter_map(|c| {
-                let result_type = c.result_type()?;
                 let job = jobs[c.job];
+                let Some(result_type) = c.result_type() else {
+                    c.span.record("pushq.outcome", "deferred");
+                    return None;
+                };
+                c.span.record("pushq.outcome", result_type.outcome());
+                if matches!(result_type, ResultType::Failed) {
+                    c.span.record("otel.status_code", "error");
+                }
+                if !c.already_recorded {
+                    self.metrics().delivery(result_type, &c.origin);
+                    if c.status.is_final() {
+                        self.metrics().delivery_latency(
+                            (now - job.ttl_started).to_std().unwrap_or(Duration::ZERO),
+                        );
+                    }
+                }
                 let data = DeliveryResult {
                     notification: job.notification.id.clone(),
                     subscription: c.recipient.stored.then(|| c.recipient.id.to_string()),
@@ -649,7 +723,7 @@ impl Pipeline {
                     result_type,
                     &data,
                     &self.settings.source,
-                    job.notification.traceparent.as_deref(),
+                    job.trace_context(&c.span).as_ref(),
                 ))
             })
             .collect();
@@ -668,11 +742,12 @@ impl Pipeline {
         data: &DeliveryResult,
         publisher: &Publisher,
     ) -> Result<(), BrokerError> {
+        self.metrics().delivery(result_type, &data.push_service);
         let event = results::result_event(
             result_type,
             data,
             &self.settings.source,
-            job.notification.traceparent.as_deref(),
+            job.trace_context(job.span).as_ref(),
         );
         results::publish(publisher, &[event]).await
     }
@@ -699,6 +774,8 @@ fn key(job: &Job<'_>, recipient: &Recipient) -> deliveries::Key {
 /// One recipient's outcome on its way to the table and the results exchange.
 struct Concluded {
     job: usize,
+    /// The delivery's CLIENT span, or the job's when nothing was attempted.
+    span: Span,
     recipient: Recipient,
     origin: String,
     attempt: u32,
@@ -716,6 +793,7 @@ struct Concluded {
 impl Concluded {
     fn new(
         pending: Pending,
+        span: Span,
         attempt: u32,
         status: DeliveryStatus,
         http_status: Option<u16>,
@@ -723,6 +801,7 @@ impl Concluded {
     ) -> Self {
         Self {
             job: pending.job,
+            span,
             recipient: pending.recipient,
             origin: pending.origin,
             attempt,
@@ -824,8 +903,10 @@ impl Pipeline {
             data.extend(extra);
         }
         let mut event = CloudEvent::new(event_type, &self.settings.source, data);
-        event.traceparent = job.notification.traceparent.clone();
-        event.tracestate = job.notification.tracestate.clone();
+        if let Some(trace) = job.trace_context(job.span) {
+            event.traceparent = Some(trace.traceparent);
+            event.tracestate = trace.tracestate;
+        }
         event
     }
 
@@ -932,6 +1013,26 @@ impl Pipeline {
         // Looked up afresh: what was known ahead is what the settle waits past.
         self.resolve(send, None).await
     }
+}
+
+/// A CLIENT span for one attempt to deliver; DESIGN §2.6 names its attributes.
+/// It carries the push service's host only: never the endpoint's path, which
+/// identifies the browser.
+fn deliver_span(job: &Job<'_>, origin: &str, attempt: u32) -> Span {
+    let host = url::Url::parse(origin)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    tracing::info_span!(
+        parent: job.span,
+        "pushq.deliver",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        server.address = host,
+        pushq.attempt = attempt,
+        http.response.status_code = Empty,
+        pushq.outcome = Empty,
+    )
 }
 
 fn interrupted(event: &CloudEvent, err: &Interrupted) -> Outcome {

@@ -1,7 +1,7 @@
 //! One shared HTTP client that encrypts, signs and POSTs a push message
 //! (RFC 8030 §5), knowing nothing of queues or storage.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pushq_schemas::Urgency;
 use pushq_schemas::keys::{decode_auth, decode_p256dh};
@@ -12,6 +12,7 @@ use super::ece::{self, EncryptError, UserAgentKeys};
 use super::endpoint_policy::{EndpointPolicy, Refusal};
 use super::limits::{Admission, Limits};
 use super::vapid::VapidSigner;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -83,6 +84,7 @@ pub struct PushClient {
     vapid: VapidSigner,
     policy: EndpointPolicy,
     limits: Limits,
+    metrics: Metrics,
 }
 
 /// rustls needs one process-wide crypto provider before any client is built;
@@ -97,6 +99,7 @@ impl PushClient {
         policy: EndpointPolicy,
         limits: Limits,
         settings: &HttpSettings,
+        metrics: Metrics,
     ) -> Result<Self, reqwest::Error> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -113,11 +116,16 @@ impl PushClient {
             vapid,
             policy,
             limits,
+            metrics,
         })
     }
 
     pub fn policy(&self) -> &EndpointPolicy {
         &self.policy
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn vapid_public_key(&self) -> &str {
@@ -131,6 +139,7 @@ impl PushClient {
             .check(message.endpoint)
             .map_err(DeliveryError::Refused)?;
         let origin = url.origin().ascii_serialization();
+        let waiting_since = Instant::now();
         let _permits = match self
             .limits
             .admit(&origin, url.host_str().unwrap_or_default())
@@ -139,6 +148,7 @@ impl PushClient {
             Admission::Go(permits) => permits,
             Admission::Defer(wait) => return Err(DeliveryError::Deferred(wait)),
         };
+        self.metrics.rate_limit_wait(waiting_since.elapsed());
         let authorization = self
             .vapid
             .authorization(&origin)
@@ -172,7 +182,11 @@ impl PushClient {
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .body(body);
         }
-        let response = request.send().await.map_err(|err| {
+        let _in_flight = self.metrics.in_flight();
+        let sent_at = Instant::now();
+        let response = request.send().await;
+        self.metrics.push_duration(sent_at.elapsed());
+        let response = response.map_err(|err| {
             if err.is_timeout() {
                 DeliveryError::Timeout
             } else if err.is_connect() {

@@ -312,7 +312,7 @@ async fn a_burst_of_sends_by_endpoint_reaches_each_its_own_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are_acked() {
-    use pushq_worker::pipeline::{Outcome, Pipeline, PipelineSettings, Source};
+    use pushq_worker::pipeline::{Outcome, Pipeline, PipelineSettings, Received, Source};
     use pushq_worker::push::limits::{LimitSettings, Limits};
     use pushq_worker::push::{HttpSettings, PushClient, VapidSigner};
 
@@ -326,6 +326,7 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
         app.settings.endpoint_policy.clone(),
         Limits::new(LimitSettings::default()),
         &HttpSettings::default(),
+        pushq_worker::metrics::Metrics::new(),
     )
     .expect("client");
     let pipeline = Pipeline::new(
@@ -357,8 +358,8 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
         .handle_many(
             Source::Producer,
             &[
-                (&properties, event.as_bytes()),
-                (&properties, event.as_bytes()),
+                Received::new(&properties, event.as_bytes(), "tests"),
+                Received::new(&properties, event.as_bytes(), "tests"),
             ],
             &publisher,
         )

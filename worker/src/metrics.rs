@@ -1,0 +1,226 @@
+//! The worker's Prometheus metrics (DESIGN §2.6), rendered by `/metrics`.
+//! Each [`Metrics`] owns its recorder instead of installing a process-wide
+//! one, so two workers in one process (the tests, an embedding service) keep
+//! their counts apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+use pushq_schemas::ResultType;
+
+const DELIVERIES: &str = "pushq_deliveries_total";
+const PUSH_DURATION: &str = "pushq_push_duration_seconds";
+const DELIVERY_LATENCY: &str = "pushq_delivery_latency_seconds";
+const DEAD_LETTERS: &str = "pushq_dead_letters_total";
+const IN_FLIGHT: &str = "pushq_in_flight";
+const RATE_LIMIT_WAIT: &str = "pushq_rate_limit_wait_seconds";
+const SUBSCRIPTIONS_DELETED: &str = "pushq_subscriptions_deleted_total";
+
+/// A push service answers in tens of milliseconds when healthy and is cut off
+/// by the request timeout (20 s) when not.
+const PUSH_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+];
+/// From the event's time to its outcome: milliseconds for a live delivery,
+/// hours for one that went through the retry schedule.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0,
+];
+/// The limiter waits at most 250 ms before deferring a delivery.
+const WAIT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    in_flight: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = Arc::new(
+            [
+                (PUSH_DURATION, PUSH_BUCKETS),
+                (DELIVERY_LATENCY, LATENCY_BUCKETS),
+                (RATE_LIMIT_WAIT, WAIT_BUCKETS),
+            ]
+            .into_iter()
+            .fold(PrometheusBuilder::new(), |builder, (name, buckets)| {
+                builder
+                    .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+                    .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"))
+            })
+            .build_recorder(),
+        );
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_counter(name.into(), unit, SharedString::const_str(help));
+        };
+        describe(
+            DELIVERIES,
+            None,
+            "Delivery outcomes by push service (origin).",
+        );
+        describe(
+            DEAD_LETTERS,
+            None,
+            "Events dead-lettered, by kind (x-pushq-error-kind).",
+        );
+        describe(
+            SUBSCRIPTIONS_DELETED,
+            None,
+            "Stored subscriptions deleted: gone, failing, or expired.",
+        );
+        recorder.describe_histogram(
+            PUSH_DURATION.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str("Round trip of the POST to the push service."),
+        );
+        recorder.describe_histogram(
+            DELIVERY_LATENCY.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str(
+                "From the event's time (or its first receipt) to the delivery's outcome.",
+            ),
+        );
+        recorder.describe_histogram(
+            RATE_LIMIT_WAIT.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str("Time spent waiting for our own rate limits before a POST."),
+        );
+        recorder.describe_gauge(
+            IN_FLIGHT.into(),
+            None,
+            SharedString::const_str("Requests to push services in flight."),
+        );
+        let in_flight = recorder.register_gauge(&Key::from_static_name(IN_FLIGHT), &METADATA);
+        in_flight.set(0.0);
+        Self {
+            recorder,
+            in_flight,
+        }
+    }
+
+    /// One delivery's outcome, published as a result of `result_type`.
+    pub fn delivery(&self, result_type: ResultType, push_service: &str) {
+        self.counter(
+            DELIVERIES,
+            vec![
+                Label::from_static_parts("outcome", result_type.outcome()),
+                Label::new("push_service", push_service.to_owned()),
+            ],
+        )
+        .increment(1);
+    }
+
+    pub fn push_duration(&self, elapsed: Duration) {
+        self.histogram(PUSH_DURATION).record(elapsed.as_secs_f64());
+    }
+
+    pub fn delivery_latency(&self, elapsed: Duration) {
+        self.histogram(DELIVERY_LATENCY)
+            .record(elapsed.as_secs_f64());
+    }
+
+    pub fn rate_limit_wait(&self, waited: Duration) {
+        self.histogram(RATE_LIMIT_WAIT).record(waited.as_secs_f64());
+    }
+
+    pub fn dead_letter(&self, kind: &str) {
+        self.counter(DEAD_LETTERS, vec![Label::new("kind", kind.to_owned())])
+            .increment(1);
+    }
+
+    /// `reason`: `gone`, `failing` (past PUSHQ_MAX_CONSECUTIVE_FAILURES) or `expired`.
+    pub fn subscriptions_deleted(&self, reason: &'static str, count: u64) {
+        if count > 0 {
+            self.counter(
+                SUBSCRIPTIONS_DELETED,
+                vec![Label::from_static_parts("reason", reason)],
+            )
+            .increment(count);
+        }
+    }
+
+    /// Counts one request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> metrics::Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str) -> metrics::Histogram {
+        self.recorder
+            .register_histogram(&Key::from_static_name(name), &METADATA)
+    }
+}
+
+#[derive(Debug)]
+pub struct InFlight(metrics::Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_counted_under_the_designed_names() {
+        let metrics = Metrics::new();
+        metrics.delivery(ResultType::Succeeded, "https://fcm.googleapis.com");
+        metrics.delivery(ResultType::Succeeded, "https://fcm.googleapis.com");
+        metrics.delivery(
+            ResultType::Gone,
+            "https://updates.push.services.mozilla.com",
+        );
+        metrics.push_duration(Duration::from_millis(30));
+        metrics.dead_letter("invalid_json");
+        metrics.subscriptions_deleted("gone", 1);
+        let guard = metrics.in_flight();
+        let text = metrics.render();
+        assert!(text.contains(r#"pushq_deliveries_total{outcome="succeeded",push_service="https://fcm.googleapis.com"} 2"#), "{text}");
+        assert!(text.contains(r#"pushq_deliveries_total{outcome="gone",push_service="https://updates.push.services.mozilla.com"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"pushq_push_duration_seconds_bucket{le="0.05"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pushq_dead_letters_total{kind="invalid_json"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pushq_subscriptions_deleted_total{reason="gone"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("pushq_in_flight 1"), "{text}");
+        drop(guard);
+        assert!(metrics.render().contains("pushq_in_flight 0"));
+    }
+}
