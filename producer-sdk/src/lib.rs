@@ -1,7 +1,13 @@
 //! `pushq-producer`: how a service hands notifications and subscriptions to
 //! pushq. Every event is validated with the same rules as the worker before it
 //! leaves the process, published persistent and `mandatory` in the CloudEvents
-//! structured mode, and only reported sent once the broker has confirmed it.
+//! structured mode (or binary, see [`ContentMode`]), and only reported sent
+//! once the broker has confirmed it.
+//!
+//! Each publish is a PRODUCER span (`tracing`, exported through
+//! `tracing-opentelemetry` when the service installs its layer) whose W3C trace
+//! context the event carries as `traceparent` / `tracestate`, so the worker's
+//! spans continue the service's trace.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pushq_producer::PublishError> {
@@ -15,10 +21,13 @@
 
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use pushq_schemas::data::ProducerEvent;
 use pushq_schemas::event_types;
+use tracing::Instrument;
+
+mod trace_context;
 pub use pushq_schemas::{
     CloudEvent, InvalidEvent, InvalidKind, NotificationSend, PushSubscription, SubscriptionKeys,
     SubscriptionRegister, SubscriptionUnregister, Target, Topology, Urgency,
@@ -60,6 +69,17 @@ impl PublishError {
     }
 }
 
+/// How events travel in AMQP messages (the CloudEvents AMQP binding). The
+/// worker reads both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContentMode {
+    /// The whole event as `application/cloudevents+json`.
+    #[default]
+    Structured,
+    /// The data as the body, each attribute in a `cloudEvents_<name>` header.
+    Binary,
+}
+
 /// A confirmed publisher for one topology. Cheap to share behind an `Arc`;
 /// concurrent calls pipeline on one channel.
 #[derive(Debug)]
@@ -68,6 +88,7 @@ pub struct Producer {
     channel: Channel,
     topology: Topology,
     source: String,
+    content_mode: ContentMode,
 }
 
 impl Producer {
@@ -109,7 +130,14 @@ impl Producer {
             channel,
             topology,
             source: source.into(),
+            content_mode: ContentMode::default(),
         })
+    }
+
+    /// Publishes in this content mode from now on.
+    pub fn with_content_mode(mut self, content_mode: ContentMode) -> Self {
+        self.content_mode = content_mode;
+        self
     }
 
     pub fn topology(&self) -> &Topology {
@@ -148,9 +176,10 @@ impl Producer {
         Ok(id)
     }
 
-    /// Publishes a prepared event (own id, time or trace context) after the
-    /// same validation as the typed methods.
-    pub async fn publish(&self, event: CloudEvent) -> Result<(), PublishError> {
+    /// Publishes a prepared event (own id or time) after the same validation
+    /// as the typed methods. A `traceparent` already on the event is taken as
+    /// the parent of the publish span when no span is current.
+    pub async fn publish(&self, mut event: CloudEvent) -> Result<(), PublishError> {
         let event_type = match ProducerEvent::parse(&event.event_type, event.data.as_ref()) {
             Ok(parsed) => parsed.event_type(),
             Err(source) => {
@@ -160,8 +189,36 @@ impl Producer {
                 });
             }
         };
+        let exchange = self.topology.exchange();
+        let span = tracing::info_span!(
+            "pushq.publish",
+            otel.name = format!("publish {event_type}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = exchange.as_str(),
+            messaging.rabbitmq.destination.routing_key = event_type,
+            messaging.message.id = event.id.as_str(),
+        );
+        trace_context::inject(&span, &mut event);
+        let published = self
+            .publish_confirmed(&exchange, event_type, &event)
+            .instrument(span.clone())
+            .await;
+        if published.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        published
+    }
+
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        event: &CloudEvent,
+    ) -> Result<(), PublishError> {
         let properties = BasicProperties::default()
-            .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into())
             .with_delivery_mode(2)
             .with_message_id(event.id.clone().into())
             .with_timestamp(
@@ -170,16 +227,23 @@ impl Producer {
                     .try_into()
                     .unwrap_or_default(),
             );
+        let (properties, body) = match self.content_mode {
+            ContentMode::Structured => (
+                properties.with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into()),
+                event.to_structured_json(),
+            ),
+            ContentMode::Binary => binary_message(properties, event),
+        };
         let confirm = self
             .channel
             .basic_publish(
-                self.topology.exchange().into(),
-                event_type.into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &event.to_structured_json(),
+                &body,
                 properties,
             )
             .await
@@ -195,12 +259,12 @@ impl Producer {
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
-                exchange: self.topology.exchange(),
-                routing_key: event_type.to_owned(),
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
             }),
-            Confirmation::Nack(_) | Confirmation::NotRequested => {
-                Err(PublishError::Nacked { event_id: event.id })
-            }
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked {
+                event_id: event.id.clone(),
+            }),
         }
     }
 
@@ -214,4 +278,32 @@ impl Producer {
                 source,
             })
     }
+}
+
+/// The binary content mode: the data is the body (`datacontenttype` becomes
+/// the content type), every other attribute a `cloudEvents_` header.
+fn binary_message(properties: BasicProperties, event: &CloudEvent) -> (BasicProperties, Vec<u8>) {
+    let mut headers = FieldTable::default();
+    let mut content_type = pushq_schemas::envelope::JSON_CONTENT_TYPE.to_owned();
+    for (name, value) in event.attributes() {
+        if name == "datacontenttype" {
+            content_type = value;
+        } else {
+            headers.insert(
+                format!("cloudEvents_{name}").into(),
+                AMQPValue::LongString(value.into()),
+            );
+        }
+    }
+    let body = event
+        .data
+        .as_ref()
+        .map(|data| serde_json::to_vec(data).unwrap_or_default())
+        .unwrap_or_default();
+    (
+        properties
+            .with_content_type(content_type.into())
+            .with_headers(headers),
+        body,
+    )
 }

@@ -46,13 +46,15 @@ impl CloudEvent {
         }
     }
 
-    /// The structured JSON format (`application/cloudevents+json`).
-    pub fn to_structured_json(&self) -> Vec<u8> {
-        let mut object = Map::new();
-        object.insert("specversion".into(), SPEC_VERSION.into());
-        object.insert("id".into(), self.id.clone().into());
-        object.insert("source".into(), self.source.clone().into());
-        object.insert("type".into(), self.event_type.clone().into());
+    /// Every context attribute that is set, by its CloudEvents name: what the
+    /// structured format's members and the binary mode's headers carry.
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let mut attributes = vec![
+            ("specversion", SPEC_VERSION.to_owned()),
+            ("id", self.id.clone()),
+            ("source", self.source.clone()),
+            ("type", self.event_type.clone()),
+        ];
         let optional = [
             (
                 "time",
@@ -64,11 +66,21 @@ impl CloudEvent {
             ("traceparent", self.traceparent.clone()),
             ("tracestate", self.tracestate.clone()),
         ];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                object.insert(name.into(), value.into());
-            }
-        }
+        attributes.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value?))),
+        );
+        attributes
+    }
+
+    /// The structured JSON format (`application/cloudevents+json`).
+    pub fn to_structured_json(&self) -> Vec<u8> {
+        let mut object: Map<String, Value> = self
+            .attributes()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), Value::String(value)))
+            .collect();
         if let Some(data) = &self.data {
             object.insert("data".into(), data.clone());
         }

@@ -538,7 +538,10 @@ impl Pipeline {
                 span.record("http.response.status_code", status);
             }
             let (delivery_status, reason) = match verdict {
-                Verdict::Delivered => (DeliveryStatus::Delivered, None),
+                Verdict::Delivered => {
+                    tracing::debug!(push_service = %p.origin, "delivered");
+                    (DeliveryStatus::Delivered, None)
+                }
                 Verdict::Gone => {
                     tracing::info!(event_id = %job.notification.id, subscription = %p.recipient.id, push_service = %p.origin, "subscription gone");
                     (DeliveryStatus::Gone, Some(ResultReason::Gone))

@@ -375,3 +375,46 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
     let _ = connection.close(200, "done".into()).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_in_binary_mode_is_read_like_structured_with_its_trace_context() {
+    let app = TestApp::spawn().await;
+    let browser = app.browser();
+    let producer =
+        pushq_producer::Producer::connect(crate::helpers::AMQP_URL, app.topology.clone(), "/tests")
+            .await
+            .expect("producer connects")
+            .with_content_mode(pushq_producer::ContentMode::Binary);
+    let mut results = app.watch_results().await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let send = NotificationSend::new(
+        Target::Subscription(PushSubscription {
+            endpoint: browser.endpoint.clone(),
+            expiration_time: None,
+            keys: pushq_producer::SubscriptionKeys {
+                p256dh: browser.p256dh.clone(),
+                auth: browser.auth.clone(),
+            },
+        }),
+        Some(json!({"title": "binary"})),
+    );
+    let mut event = pushq_producer::CloudEvent::new(
+        "pushq.notification.send",
+        "/tests",
+        serde_json::to_value(&send).expect("json"),
+    );
+    event.traceparent = Some(traceparent.into());
+    producer.publish(event).await.expect("published");
+    let received = app
+        .fake
+        .wait_for_received(1, WAIT)
+        .await
+        .expect("delivered");
+    assert_eq!(received[0].text(), r#"{"title":"binary"}"#);
+    // No spans are exported here: the result passes the producer's context on.
+    let result = results.next(1).await.remove(0);
+    assert_eq!(result.traceparent.as_deref(), Some(traceparent));
+    results.close().await;
+    let _ = producer.close().await;
+    app.stop().await;
+}

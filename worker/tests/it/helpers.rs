@@ -1,6 +1,7 @@
 //! A worker with its own database, topology and fake push service.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -37,10 +38,76 @@ pub struct TestApp {
     pub raw: Channel,
     pub settings: Settings,
     pub connection_name: String,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub http_addr: SocketAddr,
     raw_connection: Connection,
     database: String,
-    shutdown: CancellationToken,
-    worker: tokio::task::JoinHandle<Exit>,
+    worker: Worker,
+}
+
+/// Where the worker under test runs.
+enum Worker {
+    /// A task of the test's own runtime.
+    Task {
+        shutdown: CancellationToken,
+        handle: tokio::task::JoinHandle<Exit>,
+    },
+    /// The `pushq-worker run` binary, as operators run it.
+    Process(WorkerProcess),
+}
+
+/// A `pushq-worker run` child process, its log lines kept for assertions.
+pub struct WorkerProcess {
+    child: tokio::process::Child,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl WorkerProcess {
+    fn spawn(vars: &HashMap<String, String>) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushq-worker"))
+            .arg("run")
+            .envs(vars)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pushq-worker starts");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().expect("logs").push(line);
+            }
+        });
+        Self { child, logs }
+    }
+
+    /// Sends SIGTERM and returns the exit status, bounded by [`WAIT`].
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM").await;
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the worker exits in time after SIGTERM")
+            .expect("exit status")
+    }
+
+    async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = tokio::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").clone()
+    }
 }
 
 fn unique(label: &str) -> String {
@@ -57,6 +124,16 @@ impl TestApp {
 
     /// `overrides` are extra PUSHQ_* variables.
     pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
+        Self::start(overrides, true).await
+    }
+
+    /// The worker as its own `pushq-worker run` process; `overrides` are extra
+    /// environment variables (PUSHQ_*, OTEL_*, RUST_LOG).
+    pub async fn spawn_process(overrides: &[(&str, &str)]) -> Self {
+        Self::start(overrides, false).await
+    }
+
+    async fn start(overrides: &[(&str, &str)], in_process: bool) -> Self {
         let database = unique("pushq_test_");
         let prefix = unique("pushq-test-");
         let fake = FakePushService::start()
@@ -83,18 +160,42 @@ impl TestApp {
             Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");
         let topology = settings.topology.clone();
         let vapid = VapidPrivateKey::generate();
-        let app = App::build_with_vapid(settings.clone(), &vapid, SUBJECT)
+        let (worker, connection_name, pool, http_addr) = if in_process {
+            let app = App::build_with_vapid(settings.clone(), &vapid, SUBJECT)
+                .await
+                .expect("app builds (is PostgreSQL running?)");
+            let connection_name = app.connection_name().to_owned();
+            let pool = app.pool().clone();
+            let mut ready = app.ready();
+            let shutdown = CancellationToken::new();
+            let http_addr = pushq_worker::http::serve(
+                "127.0.0.1:0".parse().expect("addr"),
+                app.observed(),
+                shutdown.clone(),
+            )
             .await
-            .expect("app builds (is PostgreSQL running?)");
-        let connection_name = app.connection_name().to_owned();
-        let pool = app.pool().clone();
-        let mut ready = app.ready();
-        let shutdown = CancellationToken::new();
-        let worker = tokio::spawn(app.run(shutdown.clone()));
-        tokio::time::timeout(WAIT, ready.wait_for(|ready| *ready))
-            .await
-            .expect("worker consumes in time (is RabbitMQ running?)")
-            .expect("worker alive");
+            .expect("http endpoints");
+            let handle = tokio::spawn(app.run(shutdown.clone()));
+            tokio::time::timeout(WAIT, ready.wait_for(|ready| *ready))
+                .await
+                .expect("worker consumes in time (is RabbitMQ running?)")
+                .expect("worker alive");
+            let worker = Worker::Task { shutdown, handle };
+            (worker, connection_name, pool, http_addr)
+        } else {
+            let http_addr = free_local_addr();
+            vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
+            vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
+            vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
+            vars.entry("PUSHQ_LOG_FORMAT".into())
+                .or_insert_with(|| "json".into());
+            let process = WorkerProcess::spawn(&vars);
+            wait_ready(http_addr).await;
+            let pool = PgPool::connect(settings.database_url())
+                .await
+                .expect("the worker created its database");
+            (Worker::Process(process), String::new(), pool, http_addr)
+        };
         let producer = Producer::connect(AMQP_URL, topology.clone(), "/tests")
             .await
             .expect("producer connects");
@@ -114,9 +215,9 @@ impl TestApp {
             raw,
             settings,
             connection_name,
+            http_addr,
             raw_connection,
             database,
-            shutdown,
             worker,
         }
     }
@@ -249,13 +350,46 @@ impl TestApp {
     }
 
     /// Stops the worker and removes the database and topology.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let exit = tokio::time::timeout(WAIT, self.worker)
+    pub async fn stop(mut self) {
+        self.stop_worker().await;
+        self.clean_up().await;
+    }
+
+    /// Stops the worker (SIGTERM for a process) and asserts a clean exit.
+    pub async fn stop_worker(&mut self) {
+        match &mut self.worker {
+            Worker::Task { shutdown, handle } => {
+                shutdown.cancel();
+                let exit = tokio::time::timeout(WAIT, handle)
+                    .await
+                    .expect("worker stops in time")
+                    .expect("worker task");
+                assert_eq!(exit, Exit::Clean);
+            }
+            Worker::Process(process) => {
+                let status = process.terminate().await;
+                assert!(status.success(), "the worker exited with {status}");
+            }
+        }
+    }
+
+    /// The worker process, when the test started one.
+    pub fn process(&self) -> &WorkerProcess {
+        match &self.worker {
+            Worker::Process(process) => process,
+            Worker::Task { .. } => panic!("this test's worker runs in-process"),
+        }
+    }
+
+    /// GETs one of the worker's HTTP endpoints: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_addr, path)
             .await
-            .expect("worker stops in time")
-            .expect("worker task");
-        assert_eq!(exit, Exit::Clean);
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+    }
+
+    /// Removes the database and topology of a stopped worker.
+    pub async fn clean_up(self) {
         let _ = self.producer.close().await;
         let _ = self.raw_connection.close(200, "done".into()).await;
         self.pool.close().await;
@@ -268,6 +402,39 @@ impl TestApp {
         .expect("topology deleted");
         drop_database(&self.database).await;
     }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), reqwest::Error> {
+    pushq_worker::push::client::install_crypto_provider();
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Polls `/readyz` until it answers 200, bounded by [`WAIT`].
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok((200, _)) = http_get(addr, "/readyz").await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker at {addr} was not ready within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback port nothing listens on right now, for a child to bind.
+pub fn free_local_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
 }
 
 pub async fn drop_database(database: &str) {
@@ -328,6 +495,7 @@ pub struct ResultsProbe {
 pub struct ResultEvent {
     pub event_type: String,
     pub subject: Option<String>,
+    pub traceparent: Option<String>,
     pub data: pushq_schemas::DeliveryResult,
 }
 
@@ -432,6 +600,7 @@ impl ResultsProbe {
             events.push(ResultEvent {
                 event_type: event.event_type,
                 subject: event.subject,
+                traceparent: event.traceparent,
                 data: serde_json::from_value(event.data.expect("data")).expect("a delivery result"),
             });
         }

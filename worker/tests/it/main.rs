@@ -1,13 +1,16 @@
 //! Integration tests against the real RabbitMQ and PostgreSQL. Each test gets
 //! its own database and topology prefix, a fake push service that decrypts
 //! and verifies as a browser and a push service would, and a worker running
-//! in-process.
+//! in-process or, where the process itself matters, as a child process.
 
+mod collector;
 mod compose;
 mod dead_letters;
 mod delivery;
 mod demo;
 mod helpers;
 mod outcomes;
+mod proxy;
 mod subscriptions;
+mod telemetry;
 mod vapid;
