@@ -348,7 +348,12 @@ impl Pipeline {
     }
 
     async fn register(&self, register: &SubscriptionRegister) -> Result<Outcome, StoreError> {
-        if let Err(refusal) = self.push.policy().check(&register.subscription.endpoint) {
+        if let Err(refusal) = self
+            .push
+            .policy()
+            .check_resolved(&register.subscription.endpoint)
+            .await
+        {
             return Ok(Outcome::DeadLetter(InvalidEvent::new(
                 InvalidKind::EndpointRefused,
                 refusal.0,

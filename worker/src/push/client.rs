@@ -8,6 +8,7 @@ use pushq_schemas::keys::{decode_auth, decode_p256dh};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use ring::rand::SystemRandom;
 
+use super::addresses::{NonPublicAddress, PublicOnlyResolver};
 use super::ece::{self, EncryptError, UserAgentKeys};
 use super::endpoint_policy::{EndpointPolicy, Refusal};
 use super::limits::{Admission, Limits};
@@ -107,6 +108,7 @@ impl PushClient {
             .timeout(settings.request_timeout)
             // A push service never redirects; following one would bypass the endpoint policy.
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(PublicOnlyResolver))
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("pushq/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -187,7 +189,11 @@ impl PushClient {
         let response = request.send().await;
         self.metrics.push_duration(sent_at.elapsed());
         let response = response.map_err(|err| {
-            if err.is_timeout() {
+            if let Some(refused) = non_public_address(&err) {
+                DeliveryError::Refused(Refusal(format!(
+                    "endpoint origin {origin} is refused: {refused}"
+                )))
+            } else if err.is_timeout() {
                 DeliveryError::Timeout
             } else if err.is_connect() {
                 DeliveryError::Connect(err)
@@ -209,4 +215,16 @@ impl PushClient {
             retry_after,
         })
     }
+}
+
+/// The resolver's refusal, if that is why the request failed.
+fn non_public_address(err: &reqwest::Error) -> Option<&NonPublicAddress> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<NonPublicAddress>() {
+            return Some(refused);
+        }
+        source = cause.source();
+    }
+    None
 }

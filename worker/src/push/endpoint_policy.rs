@@ -5,6 +5,8 @@ use std::fmt;
 
 use url::Url;
 
+use super::addresses;
+
 /// The public push services' hosts; each entry also covers its subdomains.
 pub const DEFAULT_ENDPOINT_HOSTS: &str = "fcm.googleapis.com,android.googleapis.com,\
 push.services.mozilla.com,web.push.apple.com,notify.windows.com";
@@ -96,11 +98,16 @@ impl EndpointPolicy {
             .unwrap_or_default()
             .trim_end_matches('.')
             .to_ascii_lowercase();
+        // An IP address is allowed only where it is listed itself: the
+        // subdomain rule means nothing for one, and a listed private address
+        // is the operator's explicit permission.
+        let is_ip = matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)));
         let allowed = self.hosts.iter().any(|rule| {
             let host_matches = host == rule.host
-                || host
-                    .strip_suffix(&rule.host)
-                    .is_some_and(|prefix| prefix.ends_with('.'));
+                || (!is_ip
+                    && host
+                        .strip_suffix(&rule.host)
+                        .is_some_and(|prefix| prefix.ends_with('.')));
             let port_matches = match rule.port {
                 PortRule::SchemeDefault => url.port().is_none(),
                 PortRule::Exactly(port) => url.port_or_known_default() == Some(port),
@@ -115,6 +122,26 @@ impl EndpointPolicy {
                 "endpoint origin {origin} is not an allowed push service (PUSHQ_ENDPOINT_HOSTS)"
             )))
         }
+    }
+}
+
+impl EndpointPolicy {
+    /// [`EndpointPolicy::check`], then, for a host name, its addresses: a name
+    /// that resolves only into special-purpose ranges is refused now, at
+    /// registration. A name that does not resolve here is let through; the
+    /// HTTP client checks the addresses again on every connection.
+    pub async fn check_resolved(&self, endpoint: &str) -> Result<Url, Refusal> {
+        let url = self.check(endpoint)?;
+        if let Some(url::Host::Domain(domain)) = url.host()
+            && let Err(err) = addresses::resolve_public(domain).await
+            && err.downcast_ref::<addresses::NonPublicAddress>().is_some()
+        {
+            return Err(Refusal(format!(
+                "endpoint origin {} is refused: {err}",
+                url.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
     }
 }
 
@@ -169,6 +196,30 @@ mod tests {
         assert!(policy.check("https://push.local:8443/x").is_ok());
         assert!(policy.check("https://push.local/x").is_err());
         assert!(EndpointPolicy::parse("a:b", false).is_err());
+    }
+
+    #[test]
+    fn an_ip_address_passes_only_where_it_is_listed_itself() {
+        let policy = EndpointPolicy::parse("0.1:*, 10.0.0.7:*, [::1]:*", true).expect("parses");
+        assert!(policy.check("http://10.0.0.7:8080/x").is_ok());
+        assert!(policy.check("http://[::1]:8080/x").is_ok());
+        assert!(
+            policy.check("http://10.0.0.1:8080/x").is_err(),
+            "no suffix match for addresses"
+        );
+        assert!(policy.check("http://10.0.0.8:8080/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_listed_name_resolving_to_loopback_is_refused_at_registration() {
+        let policy = EndpointPolicy::parse("localhost:*", true).expect("parses");
+        assert!(policy.check("http://localhost:8080/push/1").is_ok());
+        let refused = policy
+            .check_resolved("http://localhost:8080/push/1")
+            .await
+            .expect_err("loopback");
+        assert!(refused.0.contains("non-public"), "{refused}");
+        assert!(!refused.0.contains("/push/1"), "the path is never named");
         assert!(EndpointPolicy::parse(" , ", false).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Delivery to a push service: encryption, VAPID, endpoint policy, the HTTP
 //! client and what its answers mean. Knows nothing of AMQP or SQL.
 
+pub mod addresses;
 pub mod classify;
 pub mod client;
 pub mod ece;

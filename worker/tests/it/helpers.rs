@@ -153,8 +153,9 @@ impl TestApp {
             ("PUSHQ_SHUTDOWN_GRACE_MS".into(), "5000".into()),
             ("PUSHQ_DATABASE_MAX_CONNECTIONS".into(), "4".into()),
         ]);
+        // `{fake}` in a value stands for the fake push service's `host:port`.
         for (name, value) in overrides {
-            vars.insert((*name).into(), (*value).into());
+            vars.insert((*name).into(), value.replace("{fake}", &fake.host_entry()));
         }
         let settings =
             Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");

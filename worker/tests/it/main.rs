@@ -9,6 +9,7 @@ mod dead_letters;
 mod delivery;
 mod demo;
 mod helpers;
+mod hostile_endpoints;
 mod outcomes;
 mod proxy;
 mod subscriptions;
