@@ -43,6 +43,8 @@ pub struct TestApp {
     raw_connection: Connection,
     database: String,
     worker: Worker,
+    /// The worker's environment, for starting more replicas like it.
+    vars: HashMap<String, String>,
 }
 
 /// Where the worker under test runs.
@@ -88,10 +90,19 @@ impl WorkerProcess {
 
     /// Sends SIGTERM and returns the exit status, bounded by [`WAIT`].
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        self.signal("TERM").await;
+        self.stop_with("TERM").await
+    }
+
+    /// Sends `signal` (TERM, INT, KILL) unless the process already exited,
+    /// and returns its exit status, bounded by [`WAIT`].
+    pub async fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        self.signal(signal).await;
         tokio::time::timeout(WAIT, self.child.wait())
             .await
-            .expect("the worker exits in time after SIGTERM")
+            .unwrap_or_else(|_| panic!("the worker exits in time after SIG{signal}"))
             .expect("exit status")
     }
 
@@ -197,6 +208,8 @@ impl TestApp {
                 .expect("the worker created its database");
             (Worker::Process(process), String::new(), pool, http_addr)
         };
+        vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
+        vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
         let producer = Producer::connect(AMQP_URL, topology.clone(), "/tests")
             .await
             .expect("producer connects");
@@ -220,6 +233,7 @@ impl TestApp {
             raw_connection,
             database,
             worker,
+            vars,
         }
     }
 
@@ -374,9 +388,29 @@ impl TestApp {
         }
     }
 
+    /// Another `pushq-worker run` process on the same database, topology,
+    /// VAPID key and push service, once it is ready.
+    pub async fn spawn_replica(&self) -> WorkerProcess {
+        let mut vars = self.vars.clone();
+        let http_addr = free_local_addr();
+        vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
+        vars.entry("PUSHQ_LOG_FORMAT".into())
+            .or_insert_with(|| "json".into());
+        let replica = WorkerProcess::spawn(&vars);
+        wait_ready(http_addr).await;
+        replica
+    }
+
     /// The worker process, when the test started one.
     pub fn process(&self) -> &WorkerProcess {
         match &self.worker {
+            Worker::Process(process) => process,
+            Worker::Task { .. } => panic!("this test's worker runs in-process"),
+        }
+    }
+
+    pub fn process_mut(&mut self) -> &mut WorkerProcess {
+        match &mut self.worker {
             Worker::Process(process) => process,
             Worker::Task { .. } => panic!("this test's worker runs in-process"),
         }

@@ -8,6 +8,7 @@ mod compose;
 mod dead_letters;
 mod delivery;
 mod demo;
+mod faults;
 mod helpers;
 mod hostile_endpoints;
 mod outcomes;
