@@ -78,12 +78,18 @@ impl App {
             Metrics::new(),
         )
         .map_err(BuildError::Http)?;
-        let consumer_tag = format!("pushq-worker-{}", uuid::Uuid::new_v4().simple());
+        // Named after the topology, so that an operator (or a test) listing the
+        // broker's connections sees which environment each replica serves.
+        let consumer_tag = format!(
+            "{}-worker-{}",
+            settings.topology.prefix(),
+            uuid::Uuid::new_v4().simple()
+        );
         let pipeline = Pipeline::new(
             pool,
             push,
             PipelineSettings {
-                claim_lease: Duration::from_secs(60),
+                claim_lease: settings.claim_lease,
                 schedule: settings.retry_schedule(),
                 fanout_concurrency: 32,
                 fanout_chunk: settings.fanout_chunk,

@@ -575,6 +575,19 @@ impl TestApp {
     /// Closes this replica's broker connection from the broker's side, as a
     /// network cut or a broker failover would.
     pub async fn cut_worker_connection(&self) {
+        let closed = self.close_worker_connections(&self.connection_name).await;
+        assert_eq!(closed, 1, "the worker's connection is listed");
+    }
+
+    /// Closes, from the broker's side, every connection of every worker
+    /// replica of this test (named `<prefix>-worker-…`), leaving other tests'
+    /// connections alone. Returns how many were closed.
+    pub async fn close_all_worker_connections(&self) -> usize {
+        let prefix = format!("{}-worker-", self.topology.prefix());
+        self.close_worker_connections(&prefix).await
+    }
+
+    async fn close_worker_connections(&self, name_part: &str) -> usize {
         let output = tokio::process::Command::new("rabbitmqctl")
             .args([
                 "list_connections",
@@ -587,22 +600,25 @@ impl TestApp {
             .await
             .expect("rabbitmqctl runs");
         let listing = String::from_utf8_lossy(&output.stdout);
-        let pid = listing
+        let pids: Vec<String> = listing
             .lines()
-            .find(|line| line.contains(&self.connection_name))
-            .and_then(|line| line.split('\t').next())
-            .unwrap_or_else(|| panic!("the worker's connection is not listed:\n{listing}"))
-            .to_owned();
-        let closed = tokio::process::Command::new("rabbitmqctl")
-            .args(["close_connection", &pid, "test cuts the worker off"])
-            .output()
-            .await
-            .expect("rabbitmqctl runs");
-        assert!(
-            closed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&closed.stderr)
-        );
+            .filter(|line| line.contains(name_part))
+            .filter_map(|line| line.split('\t').next())
+            .map(str::to_owned)
+            .collect();
+        for pid in &pids {
+            let closed = tokio::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test cuts the worker off"])
+                .output()
+                .await
+                .expect("rabbitmqctl runs");
+            assert!(
+                closed.status.success(),
+                "{}",
+                String::from_utf8_lossy(&closed.stderr)
+            );
+        }
+        pids.len()
     }
 }
 
