@@ -172,7 +172,27 @@ impl Shared {
 pub struct FakePushService {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    router: Router,
+    /// `None` while it refuses connections.
+    serving: Mutex<Option<Serving>>,
+}
+
+struct Serving {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn serve(listener: tokio::net::TcpListener, router: Router) -> Serving {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(err) = server.await {
+            tracing::warn!(error = %err, "fake push service stopped");
+        }
+    });
+    Serving { stop, task }
 }
 
 impl std::fmt::Debug for FakePushService {
@@ -209,20 +229,39 @@ impl FakePushService {
             // Read a little more than allowed so that oversize bodies get 413, not a reset.
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES * 4))
             .with_state(shared.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(err) = server.await {
-                tracing::warn!(error = %err, "fake push service stopped");
-            }
-        });
         Ok(Self {
             shared,
             addr,
-            stop: Some(stop),
+            serving: Mutex::new(Some(serve(listener, app.clone()))),
+            router: app,
         })
+    }
+
+    /// Stops listening and closes its connections once their requests are
+    /// answered, so that connecting fails as it does to a push service that
+    /// is down, until [`FakePushService::accept_connections`].
+    pub async fn refuse_connections(&self) {
+        let serving = self.serving_slot().take();
+        if let Some(serving) = serving {
+            let _ = serving.stop.send(());
+            let _ = serving.task.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn accept_connections(&self) -> std::io::Result<()> {
+        if self.serving_slot().is_some() {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        *self.serving_slot() = Some(serve(listener, self.router.clone()));
+        Ok(())
+    }
+
+    fn serving_slot(&self) -> MutexGuard<'_, Option<Serving>> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -368,8 +407,8 @@ impl FakePushService {
 
 impl Drop for FakePushService {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(serving) = self.serving_slot().take() {
+            let _ = serving.stop.send(());
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 use pushq_fake_push::{BrowserSubscription, Reply};
 use pushq_producer::{NotificationSend, PushSubscription, SubscriptionKeys, Target};
+use pushq_schemas::{ResultReason, ResultType};
 use serde_json::json;
 
 use crate::helpers::{TestApp, WAIT};
@@ -218,4 +219,27 @@ async fn every_broker_connection_closed_mid_flight_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_database_session_terminated_mid_flight_loses_nothing() {
     two_replicas_survive(Fault::TerminateDatabaseSessions).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_service_refusing_connections_is_retried_until_it_is_back() {
+    let app = TestApp::spawn_with(&[("PUSHQ_RETRY_DELAYS_MS", "200,400,800,1600,3200,6400")]).await;
+    let browsers: Vec<BrowserSubscription> = (0..5).map(|_| app.browser()).collect();
+    let mut results = app.watch_results().await;
+    app.fake.refuse_connections().await;
+    let total = 20;
+    publish(&app, &browsers, total).await;
+    for result in results.next(total).await {
+        assert_eq!(
+            result.event_type,
+            ResultType::Retrying.as_str(),
+            "{result:?}"
+        );
+        assert_eq!(result.data.reason, Some(ResultReason::ConnectionError));
+    }
+    app.fake.accept_connections().await.expect("listens again");
+    wait_for_distinct(&app, total, WAIT).await;
+    assert!(copies(&app).values().all(|&n| n == 1));
+    results.close().await;
+    app.stop().await;
 }
