@@ -116,6 +116,18 @@ impl WorkerProcess {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// The process's peak resident memory so far (VmHWM), in MB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        let pid = self.child.id().expect("still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib / 1024.0
+    }
+
     pub fn log_lines(&self) -> Vec<String> {
         self.logs.lock().expect("logs").clone()
     }

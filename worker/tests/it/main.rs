@@ -11,6 +11,7 @@ mod demo;
 mod faults;
 mod helpers;
 mod hostile_endpoints;
+mod hostile_input;
 mod outcomes;
 mod proxy;
 mod subscriptions;

@@ -1,0 +1,301 @@
+//! Hostile input: whatever arrives, decoding and validation end in an event
+//! or a reason, never a panic; through the broker each bad message is
+//! dead-lettered with its reason while the worker's memory stays bounded.
+
+use lapin::BasicProperties;
+use lapin::types::{
+    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use pushq_producer::{NotificationSend, Target};
+use pushq_schemas::CloudEvent;
+use pushq_schemas::data::ProducerEvent;
+use pushq_worker::broker::decode::decode;
+use pushq_worker::push::EndpointPolicy;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, WAIT, binary_properties, structured_properties};
+
+/// Every AMQP field type, nested a few levels.
+fn amqp_value() -> impl Strategy<Value = AMQPValue> {
+    let leaf = prop_oneof![
+        any::<bool>().prop_map(AMQPValue::Boolean),
+        any::<i8>().prop_map(AMQPValue::ShortShortInt),
+        any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+        any::<i16>().prop_map(AMQPValue::ShortInt),
+        any::<u16>().prop_map(AMQPValue::ShortUInt),
+        any::<i32>().prop_map(AMQPValue::LongInt),
+        any::<u32>().prop_map(AMQPValue::LongUInt),
+        any::<i64>().prop_map(AMQPValue::LongLongInt),
+        any::<f32>().prop_map(AMQPValue::Float),
+        any::<f64>().prop_map(AMQPValue::Double),
+        any::<u64>().prop_map(AMQPValue::Timestamp),
+        (any::<u8>(), any::<u32>())
+            .prop_map(|(scale, value)| AMQPValue::DecimalValue(DecimalValue { scale, value })),
+        vec(any::<u8>(), 0..48).prop_map(|bytes| AMQPValue::LongString(LongString::from(bytes))),
+        "[ -~]{0,40}".prop_map(|text| AMQPValue::ShortString(ShortString::from(text))),
+        vec(any::<u8>(), 0..32).prop_map(|bytes| AMQPValue::ByteArray(ByteArray::from(bytes))),
+        Just(AMQPValue::Void),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4)
+                .prop_map(|values| AMQPValue::FieldArray(FieldArray::from(values))),
+            vec(("[a-z]{1,8}", inner), 0..4).prop_map(|entries| {
+                let mut table = FieldTable::default();
+                for (name, value) in entries {
+                    table.insert(ShortString::from(name), value);
+                }
+                AMQPValue::FieldTable(table)
+            }),
+        ]
+    })
+}
+
+/// Names that the decoder reads, under both prefixes, and some it ignores.
+fn header_name() -> impl Strategy<Value = String> {
+    let attribute = prop_oneof![
+        Just("specversion"),
+        Just("id"),
+        Just("source"),
+        Just("type"),
+        Just("time"),
+        Just("subject"),
+        Just("traceparent"),
+        Just("datacontenttype"),
+    ];
+    prop_oneof![
+        (
+            prop_oneof![Just("cloudEvents_"), Just("cloudEvents:")],
+            attribute
+        )
+            .prop_map(|(prefix, name)| format!("{prefix}{name}")),
+        "[A-Za-z_:-]{1,20}",
+    ]
+}
+
+/// JSON whose keys are often the contract's own, so validation goes deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|x| json!(x)),
+        "\\PC{0,24}".prop_map(Value::String),
+        Just(json!("https://fcm.googleapis.com/fcm/send/x")),
+        Just(json!(
+            "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM"
+        )),
+    ];
+    let key = prop_oneof![
+        Just("to".to_owned()),
+        Just("user".to_owned()),
+        Just("tag".to_owned()),
+        Just("endpoint".to_owned()),
+        Just("subscription".to_owned()),
+        Just("keys".to_owned()),
+        Just("p256dh".to_owned()),
+        Just("auth".to_owned()),
+        Just("payload".to_owned()),
+        Just("ttl".to_owned()),
+        Just("urgency".to_owned()),
+        Just("topic".to_owned()),
+        Just("tags".to_owned()),
+        Just("expirationTime".to_owned()),
+        "[a-z]{1,8}",
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..6).prop_map(Value::Array),
+            vec((key.clone(), inner), 0..6)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+        ]
+    })
+}
+
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let event_type = prop_oneof![
+        Just("pushq.notification.send"),
+        Just("pushq.subscription.register"),
+        Just("pushq.subscription.unregister"),
+        Just("pushq.internal.retry"),
+        Just("pushq.internal.chunk"),
+        "[a-z.]{0,20}".prop_map(|t| Box::leak(t.into_boxed_str()) as &str),
+    ];
+    prop_oneof![
+        vec(any::<u8>(), 0..512),
+        json_value().prop_map(|value| value.to_string().into_bytes()),
+        (event_type, json_value()).prop_map(|(event_type, data)| {
+            json!({"specversion": "1.0", "id": "p", "source": "/p", "type": event_type, "data": data})
+                .to_string()
+                .into_bytes()
+        }),
+    ]
+}
+
+fn properties() -> impl Strategy<Value = BasicProperties> {
+    let content_type = prop_oneof![
+        Just(None),
+        Just(Some("application/cloudevents+json".to_owned())),
+        Just(Some(
+            "application/cloudevents+json; charset=utf-8".to_owned()
+        )),
+        Just(Some("application/json".to_owned())),
+        Just(Some("text/plain".to_owned())),
+        "[ -~]{0,30}".prop_map(Some),
+    ];
+    (content_type, vec((header_name(), amqp_value()), 0..8)).prop_map(|(content_type, headers)| {
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            table.insert(ShortString::from(name), value);
+        }
+        let properties = BasicProperties::default().with_headers(table);
+        match content_type {
+            Some(content_type) => properties.with_content_type(content_type.into()),
+            None => properties,
+        }
+    })
+}
+
+proptest! {
+    // Bounded so that the suite stays quick; `cargo fuzz` (fuzz/) goes further.
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_message_decodes_to_an_event_or_a_reason(properties in properties(), body in body()) {
+        let policy = EndpointPolicy::default();
+        match decode(&properties, &body) {
+            Ok(event) => {
+                // What the worker re-publishes (retries, dead letters) reads back.
+                prop_assert!(CloudEvent::from_structured(&event.to_structured_json()).is_ok());
+                match ProducerEvent::parse(&event.event_type, event.data.as_ref()) {
+                    Ok(ProducerEvent::Send(send)) => {
+                        if let Target::Subscription(subscription) = &send.to {
+                            let _ = policy.check(&subscription.endpoint);
+                        }
+                        prop_assert!(send.payload_bytes().len() <= pushq_schemas::payload::MAX_PLAINTEXT_BYTES);
+                    }
+                    Ok(ProducerEvent::Register(register)) => {
+                        let _ = policy.check(&register.subscription.endpoint);
+                    }
+                    Ok(ProducerEvent::Unregister(_)) => {}
+                    Err(invalid) => prop_assert!(!invalid.message.is_empty()),
+                }
+            }
+            Err(invalid) => prop_assert!(!invalid.message.is_empty()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_are_dead_lettered_with_reasons_in_bounded_memory() {
+    let app = TestApp::spawn_process(&[]).await;
+    let browser = app.browser();
+    app.register(&browser, "ivan", &[]).await;
+    let send = "pushq.notification.send";
+    let eight_mib = 8 * 1024 * 1024;
+    let mut huge_event = json!({"specversion": "1.0", "id": "huge", "source": "/t", "type": send,
+        "data": {"to": {"user": "ivan"}, "payload": "x".repeat(eight_mib)}})
+    .to_string()
+    .into_bytes();
+    huge_event.shrink_to_fit();
+    let attributes = [
+        ("specversion", "1.0"),
+        ("id", "b"),
+        ("source", "/t"),
+        ("type", send),
+    ];
+    let with_header = |name: &str, value: AMQPValue| {
+        let mut properties =
+            binary_properties("cloudEvents_", &attributes, Some("application/json"));
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from(name), value);
+        properties = properties.with_headers(headers);
+        properties
+    };
+    let cases: Vec<(&str, BasicProperties, Vec<u8>)> = vec![
+        ("payload_too_large", structured_properties(), huge_event),
+        (
+            "invalid_json",
+            structured_properties(),
+            vec![b'{'; eight_mib],
+        ),
+        ("invalid_json", structured_properties(), vec![b'['; 100_000]),
+        (
+            "invalid_json",
+            structured_properties(),
+            b"{\"specversion\": \"1.0\", \"id\": \"\xff\xfe\"}".to_vec(),
+        ),
+        (
+            "not_cloudevent",
+            with_header(
+                "cloudEvents_subject",
+                AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])),
+            ),
+            b"{}".to_vec(),
+        ),
+        (
+            "not_cloudevent",
+            with_header(
+                "cloudEvents_id",
+                AMQPValue::FieldTable(FieldTable::default()),
+            ),
+            b"{}".to_vec(),
+        ),
+        (
+            "invalid_data",
+            binary_properties("cloudEvents_", &attributes, Some("application/xml")),
+            b"<to user=\"ivan\"/>".to_vec(),
+        ),
+        (
+            "invalid_json",
+            structured_properties()
+                .with_content_type("application/cloudevents+json; charset=utf-8".into()),
+            Vec::new(),
+        ),
+        (
+            "not_cloudevent",
+            BasicProperties::default().with_content_type("application/octet-stream".into()),
+            vec![0u8; 4096],
+        ),
+    ];
+    for (_, properties, body) in &cases {
+        app.publish_raw(send, properties.clone(), body).await;
+    }
+    app.producer
+        .send(&NotificationSend::new(
+            Target::User("ivan".into()),
+            Some(json!("still here")),
+        ))
+        .await
+        .expect("published");
+    let received = app
+        .fake
+        .wait_for_received(1, WAIT)
+        .await
+        .expect("delivered");
+    assert_eq!(received[0].text(), "still here");
+
+    let letters = app.dead_letters(cases.len()).await;
+    let mut kinds: Vec<&str> = letters.iter().map(|letter| letter.kind.as_str()).collect();
+    kinds.sort_unstable();
+    let mut expected: Vec<&str> = cases.iter().map(|(kind, ..)| *kind).collect();
+    expected.sort_unstable();
+    assert_eq!(kinds, expected);
+    for letter in &letters {
+        assert!(!letter.error.is_empty(), "{} has no sentence", letter.kind);
+        assert!(
+            letter.error.len() < 500,
+            "a bounded sentence, not the input: {}",
+            letter.kind
+        );
+    }
+    let peak = app.process().peak_rss_mb();
+    assert!(peak < 200.0, "the worker peaked at {peak:.1} MB");
+    eprintln!(
+        "hostile input: {} dead-lettered, worker peak RSS {peak:.1} MB",
+        letters.len()
+    );
+    app.stop().await;
+}
