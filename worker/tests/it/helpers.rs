@@ -176,14 +176,22 @@ impl TestApp {
             ("PUSHQ_SHUTDOWN_GRACE_MS".into(), "5000".into()),
             ("PUSHQ_DATABASE_MAX_CONNECTIONS".into(), "4".into()),
         ]);
-        // `{fake}` in a value stands for the fake push service's `host:port`.
+        // In a value, `{fake}` stands for the fake push service's `host:port`
+        // and `{database}` for this test's database name.
         for (name, value) in overrides {
-            vars.insert((*name).into(), value.replace("{fake}", &fake.host_entry()));
+            let value = value
+                .replace("{fake}", &fake.host_entry())
+                .replace("{database}", &database);
+            vars.insert((*name).into(), value);
+        }
+        let vapid = VapidPrivateKey::generate();
+        // A key file asked for gets this test's key in PEM.
+        if let Some(path) = vars.get("PUSHQ_VAPID_PRIVATE_KEY_FILE") {
+            std::fs::write(path, vapid_pem(&vapid)).expect("key file written");
         }
         let settings =
             Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");
         let topology = settings.topology.clone();
-        let vapid = VapidPrivateKey::generate();
         let (worker, connection_name, pool, http_addr) = if in_process {
             let app = App::build_with_vapid(settings.clone(), &vapid, SUBJECT)
                 .await
@@ -209,7 +217,9 @@ impl TestApp {
         } else {
             let http_addr = free_local_addr();
             vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
-            vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
+            if !vars.contains_key("PUSHQ_VAPID_PRIVATE_KEY_FILE") {
+                vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
+            }
             vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
             vars.entry("PUSHQ_LOG_FORMAT".into())
                 .or_insert_with(|| "json".into());
@@ -220,7 +230,9 @@ impl TestApp {
                 .expect("the worker created its database");
             (Worker::Process(process), String::new(), pool, http_addr)
         };
-        vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
+        if !vars.contains_key("PUSHQ_VAPID_PRIVATE_KEY_FILE") {
+            vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
+        }
         vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
         let producer = Producer::connect(AMQP_URL, topology.clone(), "/tests")
             .await
@@ -475,6 +487,20 @@ async fn wait_ready(addr: SocketAddr) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The key as `PUSHQ_VAPID_PRIVATE_KEY_FILE` takes it (SEC1 PEM).
+pub fn vapid_pem(key: &VapidPrivateKey) -> String {
+    use base64::Engine;
+    use p256::pkcs8::LineEnding;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.to_base64url())
+        .expect("base64url");
+    p256::SecretKey::from_slice(&raw)
+        .expect("a P-256 scalar")
+        .to_sec1_pem(LineEnding::LF)
+        .expect("PEM")
+        .to_string()
 }
 
 /// A loopback port nothing listens on right now, for a child to bind.

@@ -14,6 +14,7 @@ mod hostile_endpoints;
 mod hostile_input;
 mod outcomes;
 mod proxy;
+mod secrets;
 mod subscriptions;
 mod telemetry;
 mod vapid;
