@@ -243,3 +243,37 @@ async fn a_push_service_refusing_connections_is_retried_until_it_is_back() {
     results.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_unfinished_at_the_grace_deadline_is_handed_back_and_the_exit_status_is_1() {
+    let mut app = TestApp::spawn_process(&[
+        ("PUSHQ_SHUTDOWN_GRACE_MS", "300"),
+        ("PUSHQ_CLAIM_LEASE_MS", "1000"),
+    ])
+    .await;
+    let browsers: Vec<BrowserSubscription> = (0..5).map(|_| app.browser()).collect();
+    for browser in &browsers {
+        // Far slower than the grace period.
+        app.fake
+            .answer_always(browser, Reply::created().after(Duration::from_secs(10)));
+    }
+    let total = 20;
+    publish(&app, &browsers, total).await;
+    app.fake
+        .wait_for_requests(1, WAIT)
+        .await
+        .expect("deliveries in flight");
+    let status = app.process_mut().stop_with("TERM").await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the deadline passed with work unfinished"
+    );
+    for browser in &browsers {
+        app.fake.answer_always(browser, Reply::created());
+    }
+    let mut replica = app.spawn_replica().await;
+    wait_for_distinct(&app, total, WAIT).await;
+    assert!(replica.terminate().await.success());
+    app.clean_up().await;
+}
