@@ -512,7 +512,7 @@ impl Pipeline {
         for (p, attempt, span, answer) in answers {
             let job = jobs[p.job];
             // No await below: the guard only scopes this delivery's log lines.
-            let _in_span = span.enter();
+            let _in_span = span.clone().entered();
             let (verdict, status) = match answer {
                 Ok(answer) => answer,
                 Err(wait) => {
@@ -520,7 +520,6 @@ impl Pipeline {
                     // and the attempt does not count.
                     batches[p.job]
                         .retry(p.recipient.id, self.settings.schedule.tier_for_pause(wait));
-                    drop(_in_span);
                     let mut deferred = Concluded::new(
                         p,
                         span,
@@ -571,7 +570,6 @@ impl Pipeline {
                         RetryDecision::After { delay_ms } => {
                             tracing::info!(event_id = %job.notification.id, push_service = %p.origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
                             batches[p.job].retry(p.recipient.id, delay_ms);
-                            drop(_in_span);
                             let mut retrying = Concluded::new(
                                 p,
                                 span,
@@ -599,7 +597,6 @@ impl Pipeline {
                     }
                 }
             };
-            drop(_in_span);
             concluded.push(Concluded::new(
                 p,
                 span,
