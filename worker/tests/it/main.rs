@@ -3,6 +3,8 @@
 //! and verifies as a browser and a push service would, and a worker running
 //! in-process or, where the process itself matters, as a child process.
 
+mod browser;
+mod cdp;
 mod collector;
 mod compose;
 mod dead_letters;

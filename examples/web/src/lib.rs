@@ -1,0 +1,156 @@
+//! The backend of a web app that sends Web Push through pushq, the way a
+//! microservice integrates it: it serves the page and its service worker,
+//! gives the page the VAPID public key, turns the browser's subscription into
+//! a `pushq.subscription.register` event and a button press into a
+//! `pushq.notification.send`. It never talks to a push service itself.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pushq_producer::{
+    NotificationSend, Producer, PublishError, PushSubscription, SubscriptionRegister,
+    SubscriptionUnregister, Target,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+const INDEX_HTML: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const SERVICE_WORKER_JS: &str = include_str!("../static/sw.js");
+const ICON_SVG: &str = include_str!("../static/icon.svg");
+
+/// How long a push service keeps a test notification for an offline browser.
+const NOTIFICATION_TTL_SECONDS: u32 = 3600;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub producer: Arc<Producer>,
+    /// base64url, as `pushq-worker vapid public` prints it.
+    pub vapid_public_key: String,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route("/app.js", get(|| async { page("text/javascript", APP_JS) }))
+        .route(
+            "/sw.js",
+            get(|| async { page("text/javascript", SERVICE_WORKER_JS) }),
+        )
+        .route(
+            "/icon.svg",
+            get(|| async { page("image/svg+xml", ICON_SVG) }),
+        )
+        .route("/vapid-public-key", get(vapid_public_key))
+        .route("/subscriptions", post(subscribe).delete(unsubscribe))
+        .route("/notify", post(notify))
+        .with_state(state)
+}
+
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // A stale service worker would keep old behaviour alive for a day.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn vapid_public_key(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        state.vapid_public_key.clone(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Subscribe {
+    user: String,
+    subscription: PushSubscription,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn subscribe(State(state): State<AppState>, Json(request): Json<Subscribe>) -> Response {
+    let register = SubscriptionRegister {
+        user: request.user,
+        subscription: request.subscription,
+        tags: request.tags,
+    };
+    answer(
+        state.producer.register(&register).await,
+        StatusCode::ACCEPTED,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unsubscribe {
+    endpoint: String,
+}
+
+async fn unsubscribe(State(state): State<AppState>, Json(request): Json<Unsubscribe>) -> Response {
+    let unregister = SubscriptionUnregister::Endpoint(request.endpoint);
+    answer(
+        state.producer.unregister(&unregister).await,
+        StatusCode::ACCEPTED,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Notify {
+    user: String,
+    title: String,
+    body: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+async fn notify(State(state): State<AppState>, Json(request): Json<Notify>) -> Response {
+    // What the service worker reads to show the notification.
+    let payload = json!({
+        "title": request.title,
+        "body": request.body,
+        "icon": "/icon.svg",
+        "url": request.url.unwrap_or_else(|| "/".into()),
+        "tag": request.tag,
+    });
+    let mut send = NotificationSend::new(Target::User(request.user), Some(payload));
+    send.ttl = NOTIFICATION_TTL_SECONDS;
+    answer(state.producer.send(&send).await, StatusCode::ACCEPTED)
+}
+
+/// The event id on success; a contract violation is the caller's fault (400),
+/// anything else ours (503, worth retrying).
+fn answer(published: Result<String, PublishError>, success: StatusCode) -> Response {
+    match published {
+        Ok(id) => (success, Json(json!({ "id": id }))).into_response(),
+        Err(err @ PublishError::Invalid { .. }) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": err.to_string() })),
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "publishing to pushq failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "notifications are unavailable right now" })),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Just enough of the Chrome DevTools Protocol to drive Debian's headless
+//! Chromium from a test: launch, send commands (flattened sessions), and
+//! wait for events. Every wait is bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+pub struct Chromium {
+    _child: tokio::process::Child,
+    _profile: TempDir,
+    commands: mpsc::UnboundedSender<String>,
+    pending: Pending,
+    events: Arc<Mutex<Vec<Value>>>,
+    event_count: watch::Receiver<usize>,
+    next_id: AtomicU64,
+}
+
+/// A profile directory removed when the browser goes.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Chromium {
+    pub async fn launch() -> Self {
+        let binary =
+            std::env::var("PUSHQ_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "the browser test needs Chromium at {binary}: apt-get install chromium (or set PUSHQ_TEST_CHROMIUM)"
+        );
+        let profile =
+            TempDir(std::env::temp_dir().join(format!("pushq-chromium-{}", uuid::Uuid::new_v4())));
+        let mut child = tokio::process::Command::new(&binary)
+            .args([
+                "--headless=new",
+                // Tests run as root in CI, where Chromium's sandbox cannot start.
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("Chromium starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let url = tokio::time::timeout(TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.split("DevTools listening on ").nth(1) {
+                    return url.trim().to_owned();
+                }
+            }
+            panic!("Chromium exited before listening for DevTools");
+        })
+        .await
+        .expect("Chromium listens for DevTools in time");
+        // Keep draining its stderr so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("DevTools websocket");
+        let (mut sink, mut stream) = socket.split();
+        let (commands, mut outgoing) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(text) = outgoing.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let pending: Pending = Arc::default();
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (count_tx, event_count) = watch::channel(0);
+        let (routed, kept) = (pending.clone(), events.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                if let Some(id) = value["id"].as_u64() {
+                    if let Some(reply) = routed.lock().expect("pending").remove(&id) {
+                        let _ = reply.send(value);
+                    }
+                } else {
+                    let mut events = kept.lock().expect("events");
+                    events.push(value);
+                    count_tx.send_replace(events.len());
+                }
+            }
+        });
+        Self {
+            _child: child,
+            _profile: profile,
+            commands,
+            pending,
+            events,
+            event_count,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends a command (to a page's or worker's session, or the browser's)
+    /// and returns its `result`; a protocol error fails the test.
+    pub async fn call(&self, method: &str, params: Value, session: Option<&str>) -> Value {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().expect("pending").insert(id, reply);
+        self.commands
+            .send(message.to_string())
+            .expect("DevTools connection open");
+        let answer = tokio::time::timeout(TIMEOUT, answer)
+            .await
+            .unwrap_or_else(|_| panic!("{method} got no answer"))
+            .expect("answer");
+        assert!(answer.get("error").is_none(), "{method} failed: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Evaluates an expression (awaiting a promise) and returns its value.
+    pub async fn evaluate(&self, session: &str, expression: &str, user_gesture: bool) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "awaitPromise": true, "returnByValue": true, "userGesture": user_gesture}),
+                Some(session),
+            )
+            .await;
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression} threw: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Polls an expression until it evaluates to `true`; until then it may
+    /// also throw (the page still loading).
+    pub async fn wait_for(&self, session: &str, what: &str, expression: &str) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let result = self
+                .call(
+                    "Runtime.evaluate",
+                    json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+                    Some(session),
+                )
+                .await;
+            if result["result"]["value"] == json!(true) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The first event (already received or coming) that `matches`.
+    pub async fn event(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let mut count = self.event_count.clone();
+        let found = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Some(event) = self
+                    .events
+                    .lock()
+                    .expect("events")
+                    .iter()
+                    .find(|e| matches(e))
+                {
+                    return event.clone();
+                }
+                if count.changed().await.is_err() {
+                    panic!("DevTools connection closed");
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no event: {what}"))
+    }
+
+    /// Opens a tab and attaches to it; returns the session id.
+    pub async fn new_page(&self) -> String {
+        let target = self
+            .call("Target.createTarget", json!({"url": "about:blank"}), None)
+            .await;
+        self.attach(target["targetId"].as_str().expect("target id"))
+            .await
+    }
+
+    pub async fn attach(&self, target_id: &str) -> String {
+        let attached = self
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+                None,
+            )
+            .await;
+        attached["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned()
+    }
+
+    /// Attaches to the service worker whose script URL starts with `script`.
+    pub async fn attach_service_worker(&self, script: &str) -> String {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let targets = self.call("Target.getTargets", json!({}), None).await;
+            let found = targets["targetInfos"].as_array().and_then(|targets| {
+                targets
+                    .iter()
+                    .find(|t| {
+                        t["type"] == "service_worker"
+                            && t["url"].as_str().is_some_and(|url| url.starts_with(script))
+                    })
+                    .and_then(|t| t["targetId"].as_str().map(str::to_owned))
+            });
+            if let Some(target_id) = found {
+                return self.attach(&target_id).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no service worker at {script}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
