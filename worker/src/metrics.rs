@@ -67,41 +67,36 @@ impl Metrics {
             })
             .build_recorder(),
         );
-        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
-            recorder.describe_counter(name.into(), unit, SharedString::const_str(help));
-        };
-        describe(
-            DELIVERIES,
-            None,
-            "Delivery outcomes by push service (origin).",
-        );
-        describe(
-            DEAD_LETTERS,
-            None,
-            "Events dead-lettered, by kind (x-pushq-error-kind).",
-        );
-        describe(
-            SUBSCRIPTIONS_DELETED,
-            None,
-            "Stored subscriptions deleted: gone, failing, or expired.",
-        );
-        recorder.describe_histogram(
-            PUSH_DURATION.into(),
-            Some(Unit::Seconds),
-            SharedString::const_str("Round trip of the POST to the push service."),
-        );
-        recorder.describe_histogram(
-            DELIVERY_LATENCY.into(),
-            Some(Unit::Seconds),
-            SharedString::const_str(
+        for (name, help) in [
+            (DELIVERIES, "Delivery outcomes by push service (origin)."),
+            (
+                DEAD_LETTERS,
+                "Events dead-lettered, by kind (x-pushq-error-kind).",
+            ),
+            (
+                SUBSCRIPTIONS_DELETED,
+                "Stored subscriptions deleted: gone, failing, or expired.",
+            ),
+        ] {
+            recorder.describe_counter(name.into(), None, SharedString::const_str(help));
+        }
+        for (name, help) in [
+            (PUSH_DURATION, "Round trip of the POST to the push service."),
+            (
+                DELIVERY_LATENCY,
                 "From the event's time (or its first receipt) to the delivery's outcome.",
             ),
-        );
-        recorder.describe_histogram(
-            RATE_LIMIT_WAIT.into(),
-            Some(Unit::Seconds),
-            SharedString::const_str("Time spent waiting for our own rate limits before a POST."),
-        );
+            (
+                RATE_LIMIT_WAIT,
+                "Time spent waiting for our own rate limits before a POST.",
+            ),
+        ] {
+            recorder.describe_histogram(
+                name.into(),
+                Some(Unit::Seconds),
+                SharedString::const_str(help),
+            );
+        }
         recorder.describe_gauge(
             IN_FLIGHT.into(),
             None,

@@ -412,6 +412,17 @@ impl TestApp {
         }
     }
 
+    /// Publishes a notification whose payload is `text` to `user`'s subscriptions.
+    pub async fn send_text(&self, user: &str, text: &str) -> String {
+        self.producer
+            .send(&pushq_producer::NotificationSend::new(
+                pushq_producer::Target::User(user.into()),
+                Some(serde_json::json!(text)),
+            ))
+            .await
+            .expect("published")
+    }
+
     /// Another `pushq-worker run` process on the same database, topology,
     /// VAPID key and push service, once it is ready.
     pub async fn spawn_replica(&self) -> WorkerProcess {
@@ -520,6 +531,22 @@ pub async fn drop_database(database: &str) {
     .execute(&mut admin)
     .await
     .expect("database dropped");
+}
+
+/// Asserts that the letters' kinds are exactly `expected` in any order, each
+/// with a sentence saying why.
+pub fn assert_dead_letter_kinds(
+    letters: &[DeadLetter],
+    expected: impl IntoIterator<Item = &'static str>,
+) {
+    let mut kinds: Vec<&str> = letters.iter().map(|letter| letter.kind.as_str()).collect();
+    kinds.sort_unstable();
+    let mut expected: Vec<&str> = expected.into_iter().collect();
+    expected.sort_unstable();
+    assert_eq!(kinds, expected);
+    for letter in letters {
+        assert!(!letter.error.is_empty(), "{} has no sentence", letter.kind);
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -211,24 +211,12 @@ async fn metrics_count_the_deliveries_that_happened() {
     app.register(&kept, "dora", &[]).await;
     app.register(&gone, "dora", &[]).await;
     app.fake.unsubscribe(&gone);
-    app.producer
-        .send(&NotificationSend::new(
-            Target::User("dora".into()),
-            Some(json!("hello")),
-        ))
-        .await
-        .expect("published");
+    app.send_text("dora", "hello").await;
     app.wait_until("the gone subscription is deleted", || async {
         app.subscription_count().await == 1
     })
     .await;
-    app.producer
-        .send(&NotificationSend::new(
-            Target::User("dora".into()),
-            Some(json!("again")),
-        ))
-        .await
-        .expect("published");
+    app.send_text("dora", "again").await;
     app.fake
         .wait_for_received(2, WAIT)
         .await
@@ -299,13 +287,7 @@ async fn readyz_fails_while_the_broker_is_unreachable_and_recovers() {
     .await;
     let browser = app.browser();
     app.register(&browser, "erin", &[]).await;
-    app.producer
-        .send(&NotificationSend::new(
-            Target::User("erin".into()),
-            Some(json!("back")),
-        ))
-        .await
-        .expect("published");
+    app.send_text("erin", "back").await;
     let received = app
         .fake
         .wait_for_received(1, WAIT)
