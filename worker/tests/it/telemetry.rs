@@ -6,6 +6,7 @@ use opentelemetry::Context;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
+use pushq_fake_push::Reply;
 use pushq_producer::{NotificationSend, Target};
 use serde_json::json;
 use tracing::Instrument;
@@ -73,6 +74,8 @@ async fn a_notification_is_one_trace_from_the_producer_span_to_the_push_service(
     .await;
     let browser = app.browser();
     app.register(&browser, "carol", &[]).await;
+    // One 503 first, so that the retry's spans join the trace too.
+    app.fake.script(&browser, [Reply::status(503)]);
     let mut results = app.watch_results().await;
 
     let provider = producer_tracing(&collector);
@@ -112,7 +115,7 @@ async fn a_notification_is_one_trace_from_the_producer_span_to_the_push_service(
         .await
         .expect("delivered");
     assert!(received[0].text().contains(secret_payload));
-    let result = results.next(1).await.remove(0);
+    let outcomes = results.next(2).await;
     results.close().await;
     tokio::task::spawn_blocking(move || provider.shutdown())
         .await
@@ -134,31 +137,62 @@ async fn a_notification_is_one_trace_from_the_producer_span_to_the_push_service(
         publish.attribute("messaging.message.id"),
         Some(event_id.as_str())
     );
-    let job = one(&spans, "pushq.job", CONSUMER);
-    assert_eq!(job.service, "pushq-worker-test");
+    let jobs: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|span| span.name == "pushq.job" && span.kind == CONSUMER)
+        .collect();
+    assert_eq!(jobs.len(), 2, "the notification and its retry: {spans:#?}");
+    let first = jobs
+        .iter()
+        .find(|job| job.parent_span_id == publish.span_id)
+        .expect("the first job continues the producer's span");
+    let retry = jobs
+        .iter()
+        .find(|job| job.parent_span_id == first.span_id)
+        .expect("the retry continues the first job's span");
+    assert_eq!(first.service, "pushq-worker-test");
     assert_eq!(
-        job.parent_span_id, publish.span_id,
-        "the job continues the producer's span"
-    );
-    assert_eq!(
-        job.attribute("cloudevents.event_id"),
+        first.attribute("cloudevents.event_id"),
         Some(event_id.as_str())
     );
     assert_eq!(
-        job.attribute("messaging.destination.name"),
+        first.attribute("messaging.destination.name"),
         Some(app.topology.jobs_queue().as_str())
     );
-    let deliver = one(&spans, "pushq.deliver", CLIENT);
-    assert_eq!(deliver.parent_span_id, job.span_id);
-    assert_eq!(deliver.attribute("server.address"), Some("127.0.0.1"));
-    assert_eq!(deliver.attribute("http.response.status_code"), Some("201"));
-    assert_eq!(deliver.attribute("pushq.attempt"), Some("1"));
-    assert_eq!(deliver.attribute("pushq.outcome"), Some("succeeded"));
     assert_eq!(
-        result.traceparent.as_deref(),
-        Some(format!("00-{TRACE_ID}-{}-01", deliver.span_id).as_str()),
-        "the result event carries the delivery span's context"
+        retry.attribute("cloudevents.event_type"),
+        Some("pushq.internal.retry")
     );
+    let attempt = |job: &ReceivedSpan| -> ReceivedSpan {
+        spans
+            .iter()
+            .find(|span| {
+                span.name == "pushq.deliver"
+                    && span.kind == CLIENT
+                    && span.parent_span_id == job.span_id
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no delivery under {job:?}"))
+    };
+    let (failed, delivered) = (attempt(first), attempt(retry));
+    for (deliver, number, status, outcome) in [
+        (&failed, "1", "503", "retrying"),
+        (&delivered, "2", "201", "succeeded"),
+    ] {
+        assert_eq!(deliver.attribute("server.address"), Some("127.0.0.1"));
+        assert_eq!(deliver.attribute("pushq.attempt"), Some(number));
+        assert_eq!(deliver.attribute("http.response.status_code"), Some(status));
+        assert_eq!(deliver.attribute("pushq.outcome"), Some(outcome));
+        let result = outcomes
+            .iter()
+            .find(|result| result.event_type == format!("pushq.delivery.{outcome}"))
+            .expect("its result");
+        assert_eq!(
+            result.traceparent.as_deref(),
+            Some(format!("00-{TRACE_ID}-{}-01", deliver.span_id).as_str()),
+            "the result event carries the delivery span's context"
+        );
+    }
 
     let private_key = app.vapid.to_base64url();
     let path = browser.endpoint.rsplit('/').next().expect("endpoint path");
