@@ -46,7 +46,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Some(Command::Worker) => runtime.block_on(scenarios::worker_process()),
+        Some(Command::Worker) => {
+            // Logs and spans as `pushq-worker run` has them, so that their cost is measured too.
+            let settings = pushq_worker::config::Settings::from_env()?;
+            let telemetry = pushq_worker::telemetry::init(
+                settings.log_format,
+                settings.trace_export.as_ref(),
+            )?;
+            let ran = runtime.block_on(scenarios::worker_process(settings));
+            drop(runtime);
+            telemetry.shutdown();
+            ran
+        }
         None => runtime.block_on(scenarios::run_all(scenarios::Options {
             count: cli.count,
             scenarios: cli.scenarios,

@@ -60,8 +60,7 @@ fn database_url() -> String {
 
 /// The hidden `worker` subcommand: `pushq-worker run`, configured by the
 /// environment the benchmark gives it, stopped by SIGTERM.
-pub async fn worker_process() -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+pub async fn worker_process(settings: Settings) -> anyhow::Result<()> {
     let app = App::build(settings.clone()).await?;
     let shutdown = CancellationToken::new();
     pushq_worker::http::serve(settings.http_addr, app.observed(), shutdown.clone()).await?;
@@ -163,7 +162,7 @@ impl Bench {
             ("PUSHQ_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
             // The sink is an unknown origin; its default rate would cap the run.
             ("PUSHQ_RATE_LIMIT_DEFAULT", "0".to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
