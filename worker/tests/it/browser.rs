@@ -278,3 +278,49 @@ async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notificati
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_backend_refuses_an_invalid_subscription_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let producer = Producer::connect(AMQP_URL, app.topology.clone(), "/example-web")
+        .await
+        .expect("producer");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let origin = format!("http://{}", listener.local_addr().expect("addr"));
+    let state = AppState {
+        producer: Arc::new(producer),
+        vapid_public_key: app.vapid.public_key_base64url(),
+    };
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    pushq_worker::push::client::install_crypto_provider();
+    let client = reqwest::Client::new();
+
+    let key = client
+        .get(format!("{origin}/vapid-public-key"))
+        .send()
+        .await
+        .expect("key");
+    assert_eq!(key.text().await.expect("text"), app.vapid.public_key_base64url());
+
+    let device = app.browser();
+    let mut subscription = device.to_json();
+    subscription["keys"]["p256dh"] = json!("not-a-point-on-the-curve");
+    let refused = client
+        .post(format!("{origin}/subscriptions"))
+        .header("content-type", "application/json")
+        .body(json!({"user": "kate", "subscription": subscription}).to_string())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status().as_u16(), 400);
+    let reason: Value =
+        serde_json::from_str(&refused.text().await.expect("body")).expect("json");
+    assert!(
+        reason["error"].as_str().is_some_and(|e| e.contains("p256dh")),
+        "{reason}"
+    );
+    assert_eq!(app.subscription_count().await, 0, "nothing was published");
+    app.stop().await;
+}
