@@ -302,7 +302,10 @@ async fn the_example_backend_refuses_an_invalid_subscription_with_the_reason() {
         .send()
         .await
         .expect("key");
-    assert_eq!(key.text().await.expect("text"), app.vapid.public_key_base64url());
+    assert_eq!(
+        key.text().await.expect("text"),
+        app.vapid.public_key_base64url()
+    );
 
     let device = app.browser();
     let mut subscription = device.to_json();
@@ -315,10 +318,11 @@ async fn the_example_backend_refuses_an_invalid_subscription_with_the_reason() {
         .await
         .expect("answer");
     assert_eq!(refused.status().as_u16(), 400);
-    let reason: Value =
-        serde_json::from_str(&refused.text().await.expect("body")).expect("json");
+    let reason: Value = serde_json::from_str(&refused.text().await.expect("body")).expect("json");
     assert!(
-        reason["error"].as_str().is_some_and(|e| e.contains("p256dh")),
+        reason["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("p256dh")),
         "{reason}"
     );
     assert_eq!(app.subscription_count().await, 0, "nothing was published");

@@ -132,6 +132,8 @@ enum Fault {
     CloseBrokerConnections,
     /// PostgreSQL terminates every session of the workers' database.
     TerminateDatabaseSessions,
+    /// The push service refuses connections until deliveries are being retried.
+    PushServiceRefuses,
 }
 
 /// Two replicas, 5,000 notifications to 50 browsers, the fault once a tenth
@@ -141,7 +143,11 @@ enum Fault {
 async fn two_replicas_survive(fault: Fault) {
     // A short claim lease, so that a killed replica's claimed deliveries are
     // taken over in seconds; the fake push service answers in milliseconds.
-    let mut app = TestApp::spawn_process(&[("PUSHQ_CLAIM_LEASE_MS", "3000")]).await;
+    let mut app = TestApp::spawn_process(&[
+        ("PUSHQ_CLAIM_LEASE_MS", "3000"),
+        ("PUSHQ_RETRY_DELAYS_MS", "200,400,800,1600,3200,6400,12800"),
+    ])
+    .await;
     let mut replica = app.spawn_replica().await;
     let browsers: Vec<BrowserSubscription> = (0..50).map(|_| app.browser()).collect();
     let total = 5000;
@@ -174,6 +180,19 @@ async fn two_replicas_survive(fault: Fault) {
                 terminated >= 2,
                 "the replicas' sessions terminated, not {terminated}"
             );
+        }
+        Fault::PushServiceRefuses => {
+            app.fake.refuse_connections().await;
+            app.wait_until("deliveries are being retried", || async {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM deliveries WHERE status = 'retrying'",
+                )
+                .fetch_one(&app.pool)
+                .await
+                .is_ok_and(|retrying| retrying > 0)
+            })
+            .await;
+            app.fake.accept_connections().await.expect("listens again");
         }
     }
     let recorded: HashSet<String> =
@@ -219,6 +238,11 @@ async fn every_broker_connection_closed_mid_flight_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_database_session_terminated_mid_flight_loses_nothing() {
     two_replicas_survive(Fault::TerminateDatabaseSessions).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_service_refusing_connections_mid_flight_is_retried_and_loses_nothing() {
+    two_replicas_survive(Fault::PushServiceRefuses).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
