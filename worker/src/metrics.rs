@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
-use pushq_schemas::ResultType;
+use pushq_schemas::{InvalidKind, ResultType};
 
 const DELIVERIES: &str = "pushq_deliveries_total";
 const PUSH_DURATION: &str = "pushq_push_duration_seconds";
@@ -104,10 +104,26 @@ impl Metrics {
         );
         let in_flight = recorder.register_gauge(&Key::from_static_name(IN_FLIGHT), &METADATA);
         in_flight.set(0.0);
-        Self {
+        let metrics = Self {
             recorder,
             in_flight,
+        };
+        // Series that exist from the start, so that an alert on their rate
+        // fires on the first increase instead of on the series appearing.
+        for kind in InvalidKind::ALL {
+            metrics
+                .counter(DEAD_LETTERS, dead_letter_labels(kind.as_str()))
+                .absolute(0);
         }
+        for reason in ["gone", "failing", "expired"] {
+            metrics
+                .counter(
+                    SUBSCRIPTIONS_DELETED,
+                    vec![Label::from_static_parts("reason", reason)],
+                )
+                .absolute(0);
+        }
+        metrics
     }
 
     /// One delivery's outcome, published as a result of `result_type`.
@@ -136,7 +152,7 @@ impl Metrics {
     }
 
     pub fn dead_letter(&self, kind: &str) {
-        self.counter(DEAD_LETTERS, vec![Label::new("kind", kind.to_owned())])
+        self.counter(DEAD_LETTERS, dead_letter_labels(kind))
             .increment(1);
     }
 
@@ -171,6 +187,10 @@ impl Metrics {
         self.recorder
             .register_histogram(&Key::from_static_name(name), &METADATA)
     }
+}
+
+fn dead_letter_labels(kind: &str) -> Vec<Label> {
+    vec![Label::new("kind", kind.to_owned())]
 }
 
 #[derive(Debug)]
@@ -215,6 +235,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pushq_in_flight 1"), "{text}");
+        assert!(
+            text.contains(r#"pushq_dead_letters_total{kind="retries_exhausted"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pushq_subscriptions_deleted_total{reason="expired"} 0"#),
+            "{text}"
+        );
         drop(guard);
         assert!(metrics.render().contains("pushq_in_flight 0"));
     }
