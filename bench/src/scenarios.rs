@@ -302,10 +302,23 @@ impl Bench {
             let _ = producer.close().await;
         }
 
-        let delivered = arrivals.len();
-        let last = arrivals.iter().map(|(_, at)| *at).max().unwrap_or(started);
+        // A subscription reached twice counts once, and is reported: the
+        // delivery is at least once, and a repeat is worth looking into.
+        let mut first_arrivals: std::collections::HashMap<u32, Instant> =
+            std::collections::HashMap::with_capacity(arrivals.len());
+        for (n, at) in &arrivals {
+            first_arrivals.entry(*n).or_insert(*at);
+        }
+        let repeated = arrivals.len() - first_arrivals.len();
+        if repeated > 0 {
+            eprintln!(
+                "{name}: {repeated} arrivals reached a subscription already reached (see the worker's log above)"
+            );
+        }
+        let delivered = first_arrivals.len();
+        let last = first_arrivals.values().copied().max().unwrap_or(started);
         let seconds = last.duration_since(started).as_secs_f64();
-        let mut latencies: Vec<Duration> = arrivals
+        let mut latencies: Vec<Duration> = first_arrivals
             .iter()
             .map(|(n, at)| {
                 at.saturating_duration_since(sent_at.get(*n as usize).copied().unwrap_or(started))

@@ -16,6 +16,9 @@ use tokio::sync::watch;
 struct Receipts {
     /// (subscription index, arrival) in arrival order.
     arrivals: Mutex<Vec<(u32, Instant)>>,
+    /// The subscriptions reached so far: the count waited for, so that a
+    /// repeated arrival does not end a scenario early.
+    reached: Mutex<std::collections::HashSet<u32>>,
 }
 
 pub struct Sink {
@@ -51,10 +54,12 @@ impl Sink {
 
     pub fn reset(&self) {
         self.receipts.arrivals.lock().map(|mut a| a.clear()).ok();
+        self.receipts.reached.lock().map(|mut r| r.clear()).ok();
         self.count.send_replace(0);
     }
 
-    /// Waits for `count` arrivals, at most `timeout`; returns them.
+    /// Waits until `count` subscriptions were reached, at most `timeout`;
+    /// returns every arrival.
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<(u32, Instant)> {
         let mut seen = self.count.subscribe();
         let _ = tokio::time::timeout(timeout, seen.wait_for(|n| *n >= count)).await;
@@ -73,6 +78,13 @@ async fn receive(State((receipts, count)): State<SinkState>, Path(n): Path<u32>)
     if let Ok(mut arrivals) = receipts.arrivals.lock() {
         arrivals.push((n, now));
     }
-    count.send_modify(|c| *c += 1);
+    let first = receipts
+        .reached
+        .lock()
+        .map(|mut reached| reached.insert(n))
+        .unwrap_or(true);
+    if first {
+        count.send_modify(|c| *c += 1);
+    }
     StatusCode::CREATED
 }
