@@ -27,11 +27,12 @@ use pushq_schemas::data::ProducerEvent;
 use pushq_schemas::event_types;
 use tracing::Instrument;
 
-mod trace_context;
 pub use pushq_schemas::{
     CloudEvent, InvalidEvent, InvalidKind, NotificationSend, PushSubscription, SubscriptionKeys,
     SubscriptionRegister, SubscriptionUnregister, Target, Topology, Urgency,
 };
+
+mod trace_context;
 
 /// Why an event was not published. Only `Broker` is worth retrying.
 #[derive(Debug, thiserror::Error)]
