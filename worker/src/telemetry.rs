@@ -105,10 +105,14 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>, tracestate: Option
         // filtered out): there is nothing to attach the parent to.
         let _ = span.set_parent(parent);
     }
-    let trace_id = trace_context(span)
-        .map(|context| context.traceparent)
-        .or_else(|| traceparent.map(str::to_owned))
-        .and_then(|traceparent| trace_id_of(&traceparent).map(str::to_owned));
+    let context = span.context();
+    let exported = context.span();
+    let exported = exported.span_context();
+    let trace_id = if exported.is_valid() {
+        Some(exported.trace_id().to_string())
+    } else {
+        traceparent.and_then(trace_id_of).map(str::to_owned)
+    };
     if let Some(trace_id) = trace_id {
         span.record("trace_id", trace_id);
     }
