@@ -220,29 +220,18 @@ mod tests {
         metrics.subscriptions_deleted("gone", 1);
         let guard = metrics.in_flight();
         let text = metrics.render();
-        assert!(text.contains(r#"pushq_deliveries_total{outcome="succeeded",push_service="https://fcm.googleapis.com"} 2"#), "{text}");
-        assert!(text.contains(r#"pushq_deliveries_total{outcome="gone",push_service="https://updates.push.services.mozilla.com"} 1"#), "{text}");
-        assert!(
-            text.contains(r#"pushq_push_duration_seconds_bucket{le="0.05"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"pushq_dead_letters_total{kind="invalid_json"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"pushq_subscriptions_deleted_total{reason="gone"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains("pushq_in_flight 1"), "{text}");
-        assert!(
-            text.contains(r#"pushq_dead_letters_total{kind="retries_exhausted"} 0"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"pushq_subscriptions_deleted_total{reason="expired"} 0"#),
-            "{text}"
-        );
+        for series in [
+            r#"pushq_deliveries_total{outcome="succeeded",push_service="https://fcm.googleapis.com"} 2"#,
+            r#"pushq_deliveries_total{outcome="gone",push_service="https://updates.push.services.mozilla.com"} 1"#,
+            r#"pushq_push_duration_seconds_bucket{le="0.05"} 1"#,
+            r#"pushq_dead_letters_total{kind="invalid_json"} 1"#,
+            r#"pushq_subscriptions_deleted_total{reason="gone"} 1"#,
+            "pushq_in_flight 1",
+            r#"pushq_dead_letters_total{kind="retries_exhausted"} 0"#,
+            r#"pushq_subscriptions_deleted_total{reason="expired"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
         drop(guard);
         assert!(metrics.render().contains("pushq_in_flight 0"));
     }

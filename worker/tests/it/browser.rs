@@ -41,13 +41,9 @@ fn push_manager_stub(subscription: &Value) -> String {
     )
 }
 
-/// What `registration.getNotifications()` shows, as JSON.
-const SHOWN: &str = "self.registration.getNotifications().then((shown) => shown.map((n) => ({title: n.title, body: n.body, icon: n.icon, tag: n.tag, url: n.data && n.data.url})))";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notification() {
-    let app = TestApp::spawn().await;
-    let device = app.browser();
+/// Starts the example's backend, publishing to this test's topology with
+/// its worker's VAPID key; returns its origin.
+async fn serve_example(app: &TestApp) -> String {
     let producer = Producer::connect(AMQP_URL, app.topology.clone(), "/example-web")
         .await
         .expect("producer");
@@ -60,6 +56,17 @@ async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notificati
         vapid_public_key: app.vapid.public_key_base64url(),
     };
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    origin
+}
+
+/// What `registration.getNotifications()` shows, as JSON.
+const SHOWN: &str = "self.registration.getNotifications().then((shown) => shown.map((n) => ({title: n.title, body: n.body, icon: n.icon, tag: n.tag, url: n.data && n.data.url})))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notification() {
+    let app = TestApp::spawn().await;
+    let device = app.browser();
+    let origin = serve_example(&app).await;
 
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
@@ -282,18 +289,7 @@ async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notificati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_backend_refuses_an_invalid_subscription_with_the_reason() {
     let app = TestApp::spawn().await;
-    let producer = Producer::connect(AMQP_URL, app.topology.clone(), "/example-web")
-        .await
-        .expect("producer");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let origin = format!("http://{}", listener.local_addr().expect("addr"));
-    let state = AppState {
-        producer: Arc::new(producer),
-        vapid_public_key: app.vapid.public_key_base64url(),
-    };
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let origin = serve_example(&app).await;
     pushq_worker::push::client::install_crypto_provider();
     let client = reqwest::Client::new();
 
