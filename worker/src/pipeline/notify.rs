@@ -256,16 +256,7 @@ impl Pipeline {
         replay: bool,
         span: &Span,
     ) -> Prepared {
-        let Some(data) = event
-            .data
-            .clone()
-            .and_then(|data| serde_json::from_value::<RetryData>(data).ok())
-        else {
-            return Prepared::Done(Outcome::DeadLetter(InvalidEvent::data(
-                "a retry event's data is not a retry",
-            )));
-        };
-        let (notification, send) = match carried_notification(&data.event) {
+        let (data, notification, send) = match carried::<RetryData>(event) {
             Ok(carried) => carried,
             Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
@@ -291,14 +282,7 @@ impl Pipeline {
         span: &Span,
         publisher: &Publisher,
     ) -> Outcome {
-        let Some(data) = event
-            .data
-            .clone()
-            .and_then(|data| serde_json::from_value::<ChunkData>(data).ok())
-        else {
-            return Outcome::DeadLetter(InvalidEvent::data("a chunk event's data is not a chunk"));
-        };
-        let (notification, send) = match carried_notification(&data.event) {
+        let (data, notification, send) = match carried::<ChunkData>(event) {
             Ok(carried) => carried,
             Err(invalid) => return Outcome::DeadLetter(invalid),
         };
@@ -1042,16 +1026,47 @@ fn interrupted(event: &CloudEvent, err: &Interrupted) -> Outcome {
     }
 }
 
-/// The notification an internal event carries, checked again: it may have
-/// been replayed from a dead letter an operator edited.
-fn carried_notification(
-    event: &serde_json::Value,
-) -> Result<(CloudEvent, NotificationSend), InvalidEvent> {
-    let notification = serde_json::to_vec(event)
+/// The data of an internal event that carries a notification.
+trait CarrierData: serde::de::DeserializeOwned {
+    /// As in "a retry event's data is not a retry".
+    const NAME: &'static str;
+    fn notification(&self) -> &serde_json::Value;
+}
+
+impl CarrierData for RetryData {
+    const NAME: &'static str = "retry";
+    fn notification(&self) -> &serde_json::Value {
+        &self.event
+    }
+}
+
+impl CarrierData for ChunkData {
+    const NAME: &'static str = "chunk";
+    fn notification(&self) -> &serde_json::Value {
+        &self.event
+    }
+}
+
+/// An internal event's data and the notification it carries, checked again:
+/// it may have been replayed from a dead letter an operator edited.
+fn carried<T: CarrierData>(
+    event: &CloudEvent,
+) -> Result<(T, CloudEvent, NotificationSend), InvalidEvent> {
+    let data = event
+        .data
+        .as_ref()
+        .and_then(|data| T::deserialize(data).ok())
+        .ok_or_else(|| {
+            InvalidEvent::data(format!(
+                "a {name} event's data is not a {name}",
+                name = T::NAME
+            ))
+        })?;
+    let notification = serde_json::to_vec(data.notification())
         .map_err(|err| InvalidEvent::data(err.to_string()))
         .and_then(|bytes| CloudEvent::from_structured(&bytes))?;
     match ProducerEvent::parse(&notification.event_type, notification.data.as_ref())? {
-        ProducerEvent::Send(send) => Ok((notification, send)),
+        ProducerEvent::Send(send) => Ok((data, notification, send)),
         _ => Err(InvalidEvent::new(
             InvalidKind::UnknownType,
             "an internal event carries an event that is not a notification",
@@ -1102,4 +1117,43 @@ fn jitter() -> f64 {
         return 1.0 - f64::EPSILON;
     }
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn internal(event_type: &str, data: serde_json::Value) -> CloudEvent {
+        CloudEvent::new(event_type, "/tests", data)
+    }
+
+    #[test]
+    fn an_internal_event_must_carry_its_own_data_and_a_notification() {
+        let not_a_retry = carried::<RetryData>(&internal(event_types::INTERNAL_RETRY, json!({})))
+            .expect_err("no fields");
+        assert_eq!(not_a_retry.message, "a retry event's data is not a retry");
+        let not_a_chunk = carried::<ChunkData>(&internal(event_types::INTERNAL_CHUNK, json!([])))
+            .expect_err("not an object");
+        assert_eq!(not_a_chunk.message, "a chunk event's data is not a chunk");
+
+        let register = json!({"specversion": "1.0", "id": "r", "source": "/t",
+            "type": "pushq.subscription.unregister", "data": {"user": "u"}});
+        let carries_register = internal(
+            event_types::INTERNAL_RETRY,
+            json!({"event": register, "subscriptions": [], "first_received": "2026-11-22T00:00:00Z"}),
+        );
+        let refused = carried::<RetryData>(&carries_register).expect_err("not a notification");
+        assert_eq!(refused.kind, InvalidKind::UnknownType);
+
+        let send = json!({"specversion": "1.0", "id": "n", "source": "/t",
+            "type": "pushq.notification.send", "data": {"to": {"user": "u"}, "payload": "hi"}});
+        let chunk = internal(
+            event_types::INTERNAL_CHUNK,
+            json!({"event": send, "after": null, "until": Uuid::nil(), "first_received": "2026-11-22T00:00:00Z"}),
+        );
+        let (data, notification, send) = carried::<ChunkData>(&chunk).expect("a chunk");
+        assert_eq!(data.until, Uuid::nil());
+        assert_eq!(notification.id, "n");
+        assert_eq!(send.to, Target::User("u".into()));
+    }
 }
