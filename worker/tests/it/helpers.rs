@@ -65,6 +65,20 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
+    /// Starts `pushq-worker run` with `vars` on a free HTTP port (JSON logs
+    /// unless asked otherwise) and waits until it is ready; returns it and
+    /// its HTTP address.
+    async fn start(vars: &HashMap<String, String>) -> (Self, SocketAddr) {
+        let mut vars = vars.clone();
+        let http_addr = free_local_addr();
+        vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
+        vars.entry("PUSHQ_LOG_FORMAT".into())
+            .or_insert_with(|| "json".into());
+        let process = Self::spawn(&vars);
+        wait_ready(http_addr).await;
+        (process, http_addr)
+    }
+
     fn spawn(vars: &HashMap<String, String>) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushq-worker"))
@@ -185,10 +199,14 @@ impl TestApp {
             vars.insert((*name).into(), value);
         }
         let vapid = VapidPrivateKey::generate();
-        // A key file asked for gets this test's key in PEM.
+        // A key file asked for gets this test's key in PEM; else the variable
+        // carries it (for worker processes and replicas).
         if let Some(path) = vars.get("PUSHQ_VAPID_PRIVATE_KEY_FILE") {
             std::fs::write(path, vapid_pem(&vapid)).expect("key file written");
+        } else {
+            vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
         }
+        vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
         let settings =
             Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid");
         let topology = settings.topology.clone();
@@ -215,25 +233,12 @@ impl TestApp {
             let worker = Worker::Task { shutdown, handle };
             (worker, connection_name, pool, http_addr)
         } else {
-            let http_addr = free_local_addr();
-            vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
-            if !vars.contains_key("PUSHQ_VAPID_PRIVATE_KEY_FILE") {
-                vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
-            }
-            vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
-            vars.entry("PUSHQ_LOG_FORMAT".into())
-                .or_insert_with(|| "json".into());
-            let process = WorkerProcess::spawn(&vars);
-            wait_ready(http_addr).await;
+            let (process, http_addr) = WorkerProcess::start(&vars).await;
             let pool = PgPool::connect(settings.database_url())
                 .await
                 .expect("the worker created its database");
             (Worker::Process(process), String::new(), pool, http_addr)
         };
-        if !vars.contains_key("PUSHQ_VAPID_PRIVATE_KEY_FILE") {
-            vars.insert("PUSHQ_VAPID_PRIVATE_KEY".into(), vapid.to_base64url());
-        }
-        vars.insert("PUSHQ_VAPID_SUBJECT".into(), SUBJECT.into());
         let producer = Producer::connect(AMQP_URL, topology.clone(), "/tests")
             .await
             .expect("producer connects");
@@ -426,14 +431,7 @@ impl TestApp {
     /// Another `pushq-worker run` process on the same database, topology,
     /// VAPID key and push service, once it is ready.
     pub async fn spawn_replica(&self) -> WorkerProcess {
-        let mut vars = self.vars.clone();
-        let http_addr = free_local_addr();
-        vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
-        vars.entry("PUSHQ_LOG_FORMAT".into())
-            .or_insert_with(|| "json".into());
-        let replica = WorkerProcess::spawn(&vars);
-        wait_ready(http_addr).await;
-        replica
+        WorkerProcess::start(&self.vars).await.0
     }
 
     /// The worker process, when the test started one.
