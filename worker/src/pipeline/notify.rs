@@ -86,7 +86,6 @@ pub(super) struct OwnedJob {
     span: Span,
     notification: CloudEvent,
     send: NotificationSend,
-    ttl_started: DateTime<Utc>,
     first_received: DateTime<Utc>,
     replay: bool,
     recipients: Vec<Recipient>,
@@ -98,7 +97,6 @@ impl OwnedJob {
             span: job.span.clone(),
             notification: job.notification.clone(),
             send: job.send.clone(),
-            ttl_started: job.ttl_started,
             first_received: job.first_received,
             replay: job.replay,
             recipients,
@@ -117,7 +115,26 @@ pub(super) struct Job<'a> {
     replay: bool,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// The TTL clock starts at the event's `time`, or when a worker first
+    /// received it if the producer gave none.
+    fn new(
+        span: &'a Span,
+        notification: &'a CloudEvent,
+        send: &'a NotificationSend,
+        first_received: DateTime<Utc>,
+        replay: bool,
+    ) -> Self {
+        Self {
+            span,
+            notification,
+            send,
+            ttl_started: notification.time.unwrap_or(first_received),
+            first_received,
+            replay,
+        }
+    }
+
     /// How long the notification's TTL clock has been running.
     fn age(&self) -> Duration {
         (Utc::now() - self.ttl_started)
@@ -183,14 +200,7 @@ impl Pipeline {
         span: &Span,
         publisher: &Publisher,
     ) -> Prepared {
-        let job = Job {
-            span,
-            notification: event,
-            send,
-            ttl_started: event.time.unwrap_or(received_at),
-            first_received: received_at,
-            replay: false,
-        };
+        let job = Job::new(span, event, send, received_at, false);
         let mut resolved = match self.resolve(send, Some(known)).await {
             Ok(resolved) => resolved,
             Err(err) => return Prepared::Done(interrupted(event, &Interrupted::Store(err))),
@@ -260,14 +270,7 @@ impl Pipeline {
             Ok(carried) => carried,
             Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
-        let job = Job {
-            span,
-            notification: &notification,
-            send: &send,
-            ttl_started: notification.time.unwrap_or(data.first_received),
-            first_received: data.first_received,
-            replay,
-        };
+        let job = Job::new(span, &notification, &send, data.first_received, replay);
         // Recipients deleted since (gone, unregistered) simply drop out.
         match self.resolve_ids(&send, &data.subscriptions).await {
             Ok(recipients) => Prepared::Deliver(Box::new(OwnedJob::new(&job, recipients))),
@@ -295,14 +298,7 @@ impl Pipeline {
                 ));
             }
         };
-        let job = Job {
-            span,
-            notification: &notification,
-            send: &send,
-            ttl_started: notification.time.unwrap_or(data.first_received),
-            first_received: data.first_received,
-            replay: false,
-        };
+        let job = Job::new(span, &notification, &send, data.first_received, false);
         let Ok(_slot) = self.chunk_slots.acquire().await else {
             return Outcome::Requeue {
                 after: DEPENDENCY_BACKOFF,
@@ -337,34 +333,24 @@ impl Pipeline {
     /// Delivers prepared jobs together; one outcome each, in order.
     pub(super) async fn deliver_owned(
         &self,
-        owned: Vec<OwnedJob>,
+        mut owned: Vec<OwnedJob>,
         publisher: &Publisher,
     ) -> Vec<Outcome> {
-        let mut recipients = Vec::with_capacity(owned.len());
-        let mut metas = Vec::with_capacity(owned.len());
-        for job in owned {
-            recipients.push(job.recipients);
-            metas.push((
-                job.span,
-                job.notification,
-                job.send,
-                job.ttl_started,
-                job.first_received,
-                job.replay,
-            ));
-        }
-        let jobs: Vec<Job<'_>> = metas
+        let recipients: Vec<Vec<Recipient>> = owned
+            .iter_mut()
+            .map(|job| std::mem::take(&mut job.recipients))
+            .collect();
+        let jobs: Vec<Job<'_>> = owned
             .iter()
-            .map(
-                |(span, notification, send, ttl_started, first_received, replay)| Job {
-                    span,
-                    notification,
-                    send,
-                    ttl_started: *ttl_started,
-                    first_received: *first_received,
-                    replay: *replay,
-                },
-            )
+            .map(|job| {
+                Job::new(
+                    &job.span,
+                    &job.notification,
+                    &job.send,
+                    job.first_received,
+                    job.replay,
+                )
+            })
             .collect();
         let refs: Vec<&Job<'_>> = jobs.iter().collect();
         self.deliver_many(&refs, recipients, publisher).await
