@@ -59,6 +59,23 @@ async fn serve_example(app: &TestApp) -> String {
     origin
 }
 
+/// Counts the service worker's calls to showNotification and how each
+/// ended, so that a test can wait until a push was handled and a failure
+/// says whether the push arrived at all.
+const COUNT_SHOWN: &str = r#"(() => {
+  const counts = { called: 0, settled: 0, failed: [] };
+  self.__pushqShown = counts;
+  const show = self.registration.showNotification.bind(self.registration);
+  self.registration.showNotification = (...args) => {
+    counts.called += 1;
+    return show(...args).then(
+      (done) => { counts.settled += 1; return done; },
+      (refused) => { counts.failed.push(String(refused)); counts.settled += 1; throw refused; },
+    );
+  };
+  return true;
+})()"#;
+
 /// What `registration.getNotifications()` shows, as JSON.
 const SHOWN: &str = "self.registration.getNotifications().then((shown) => shown.map((n) => ({title: n.title, body: n.body, icon: n.icon, tag: n.tag, url: n.data && n.data.url})))";
 
@@ -81,6 +98,10 @@ async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notificati
     chromium
         .call("ServiceWorker.enable", json!({}), Some(&page))
         .await;
+    chromium
+        .call("Runtime.enable", json!({}), Some(&page))
+        .await;
+    chromium.call("Log.enable", json!({}), Some(&page)).await;
 
     // Blocked first: the page says so and offers nothing.
     chromium
@@ -193,35 +214,47 @@ async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notificati
     let payload: Value = serde_json::from_str(&plaintext).expect("a JSON payload");
     assert_eq!(payload["title"], "Hello from pushq");
 
-    // The push service would now hand those bytes to the browser.
-    let registration = chromium
-        .event("the service worker's registration", |event| {
-            event["method"] == "ServiceWorker.workerRegistrationUpdated"
-                && event["params"]["registrations"]
-                    .as_array()
-                    .is_some_and(|all| all.iter().any(|r| r["scopeURL"] == format!("{origin}/")))
-        })
-        .await;
-    let registration_id = registration["params"]["registrations"]
-        .as_array()
-        .and_then(|all| all.iter().find(|r| r["scopeURL"] == format!("{origin}/")))
-        .map(|r| r["registrationId"].clone())
-        .expect("registration id");
-    chromium
-        .call(
-            "ServiceWorker.deliverPushMessage",
-            json!({"origin": origin, "registrationId": registration_id, "data": plaintext}),
-            Some(&page),
-        )
-        .await;
+    // The push service would now hand those bytes to the browser. The test
+    // waits on each state the push depends on instead of a deadline: the
+    // registration's version activated, the worker attached (so it is
+    // running, is not stopped as idle, and its console is recorded), then
+    // the push handled by its call to showNotification, then the notification.
+    let registration_id = chromium.active_registration(&format!("{origin}/")).await;
     let worker = chromium
         .attach_service_worker(&format!("{origin}/sw.js"))
+        .await;
+    chromium
+        .call("Runtime.enable", json!({}), Some(&worker))
+        .await;
+    chromium.call("Log.enable", json!({}), Some(&worker)).await;
+    chromium.evaluate(&worker, COUNT_SHOWN, false).await;
+    let deliver_push = |data: String| {
+        let (chromium, page, origin, registration_id) =
+            (&chromium, &page, &origin, &registration_id);
+        async move {
+            chromium.mark("the test delivers a push");
+            chromium
+                .call(
+                    "ServiceWorker.deliverPushMessage",
+                    json!({"origin": origin, "registrationId": registration_id, "data": data}),
+                    Some(page),
+                )
+                .await;
+        }
+    };
+    deliver_push(plaintext.clone()).await;
+    chromium
+        .wait_for(
+            &worker,
+            "the service worker handled the push",
+            "self.__pushqShown.settled === 1 || self.__pushqShown",
+        )
         .await;
     chromium
         .wait_for(
             &worker,
             "the notification is shown",
-            &format!("{SHOWN}.then((shown) => shown.length === 1)"),
+            &format!("{SHOWN}.then((shown) => shown.length === 1 || shown)"),
         )
         .await;
     let shown = chromium.evaluate(&worker, SHOWN, false).await;
@@ -257,18 +290,19 @@ async fn a_page_subscribes_and_its_service_worker_shows_the_delivered_notificati
     );
 
     // A push that is not the backend's JSON still shows something sensible.
+    deliver_push("plain words".into()).await;
     chromium
-        .call(
-            "ServiceWorker.deliverPushMessage",
-            json!({"origin": origin, "registrationId": registration_id, "data": "plain words"}),
-            Some(&page),
+        .wait_for(
+            &worker,
+            "the service worker handled the plain push",
+            "self.__pushqShown.settled === 2 || self.__pushqShown",
         )
         .await;
     chromium
         .wait_for(
             &worker,
             "the plain push is shown",
-            &format!("{SHOWN}.then((shown) => shown.length === 1)"),
+            &format!("{SHOWN}.then((shown) => shown.length === 1 || shown)"),
         )
         .await;
     let shown = chromium.evaluate(&worker, SHOWN, false).await;

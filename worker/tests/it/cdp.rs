@@ -178,10 +178,145 @@ impl Chromium {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting until {what}"
+                "timed out waiting until {what}; last answer {result}\n{}",
+                self.diagnosis()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Notes a step of the test among the browser's events, for [`Self::diagnosis`].
+    pub fn mark(&self, step: &str) {
+        let mut events = self.events.lock().expect("events");
+        events.push(json!({"method": "pushq.mark", "params": {"step": step}}));
+    }
+
+    /// What the browser reported about its service workers and consoles, so
+    /// that a failed wait explains itself: each version's latest state, the
+    /// workers' errors, and every console message and exception seen.
+    pub fn diagnosis(&self) -> String {
+        let events = self.events.lock().expect("events");
+        let mut versions: Vec<(String, Value)> = Vec::new();
+        let mut lines = Vec::new();
+        for event in events.iter() {
+            let params = &event["params"];
+            match event["method"].as_str().unwrap_or_default() {
+                "ServiceWorker.workerVersionUpdated" => {
+                    for version in params["versions"].as_array().into_iter().flatten() {
+                        lines.push(format!(
+                            "version {} is {} / {}",
+                            version["versionId"], version["status"], version["runningStatus"]
+                        ));
+                        let id = version["versionId"].as_str().unwrap_or_default().to_owned();
+                        versions.retain(|(known, _)| *known != id);
+                        versions.push((id, version.clone()));
+                    }
+                }
+                "ServiceWorker.workerErrorReported" => {
+                    lines.push(format!("service worker error: {}", params["errorMessage"]));
+                }
+                "Runtime.consoleAPICalled" => {
+                    let args: Vec<String> = params["args"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|arg| arg.get("value").unwrap_or(&arg["description"]).to_string())
+                        .collect();
+                    lines.push(format!(
+                        "console.{} in session {}: {}",
+                        params["type"].as_str().unwrap_or_default(),
+                        event["sessionId"],
+                        args.join(" ")
+                    ));
+                }
+                "Runtime.exceptionThrown" => lines.push(format!(
+                    "exception in session {}: {}",
+                    event["sessionId"], params["exceptionDetails"]
+                )),
+                "Log.entryAdded" => lines.push(format!(
+                    "log in session {}: {} {}",
+                    event["sessionId"], params["entry"]["level"], params["entry"]["text"]
+                )),
+                "pushq.mark" => lines.push(format!("the test: {}", params["step"])),
+                _ => {}
+            }
+        }
+        let mut report = String::from("service worker versions (latest state of each):\n");
+        for (_, version) in versions {
+            report.push_str(&format!(
+                "  version {} of registration {} {}: {} / {}\n",
+                version["versionId"],
+                version["registrationId"],
+                version["scriptURL"],
+                version["status"],
+                version["runningStatus"]
+            ));
+        }
+        report.push_str("what the browser said:\n");
+        for line in lines {
+            report.push_str(&format!("  {line}\n"));
+        }
+        report
+    }
+
+    /// Waits until the registration at `scope` has an activated version
+    /// that is running; returns the registration id. A push delivered to a
+    /// registration without an active version is dropped by the browser.
+    pub async fn active_registration(&self, scope: &str) -> String {
+        let registration = self
+            .event("the service worker's registration", |event| {
+                event["method"] == "ServiceWorker.workerRegistrationUpdated"
+                    && event["params"]["registrations"]
+                        .as_array()
+                        .is_some_and(|all| all.iter().any(|r| r["scopeURL"] == scope))
+            })
+            .await;
+        let registration_id = registration["params"]["registrations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["scopeURL"] == scope))
+            .map(|r| r["registrationId"].clone())
+            .expect("registration id");
+        let mut count = self.event_count.clone();
+        let activated = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if self.version_of(&registration_id, "activated") {
+                    return;
+                }
+                if count.changed().await.is_err() {
+                    panic!("DevTools connection closed");
+                }
+            }
+        })
+        .await;
+        assert!(
+            activated.is_ok(),
+            "no activated service worker for {scope}\n{}",
+            self.diagnosis()
+        );
+        registration_id
+            .as_str()
+            .expect("registration id")
+            .to_owned()
+    }
+
+    /// Whether the latest state of some version of `registration` has `status`.
+    fn version_of(&self, registration: &Value, status: &str) -> bool {
+        let events = self.events.lock().expect("events");
+        let mut latest: HashMap<String, Value> = HashMap::new();
+        for event in events
+            .iter()
+            .filter(|e| e["method"] == "ServiceWorker.workerVersionUpdated")
+        {
+            for version in event["params"]["versions"].as_array().into_iter().flatten() {
+                if version["registrationId"] == *registration {
+                    latest.insert(
+                        version["versionId"].as_str().unwrap_or_default().to_owned(),
+                        version.clone(),
+                    );
+                }
+            }
+        }
+        latest.values().any(|v| v["status"] == status)
     }
 
     /// The first event (already received or coming) that `matches`.

@@ -24,6 +24,15 @@ pub const SUBJECT: &str = "mailto:tests@pushq.example";
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Tests that load the whole machine (thousands of notifications through
+/// several worker processes) take turns, so that none of them measures how
+/// they share two cores.
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
+    HEAVY.acquire().await.expect("never closed")
+}
+
 pub fn postgres_base() -> String {
     std::env::var("PUSHQ_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
