@@ -1,6 +1,5 @@
 //! The scenarios, each against a fresh worker process.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -134,9 +133,7 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
         let report = bench.scenario(&scenario, paced_rate).await?;
         reports.push(report);
     }
-    let settings = bench.worker_settings_for_cleanup()?;
-    let tiers = settings.retry_schedule().tiers().to_vec();
-    let _ = pushq_worker::broker::topology::delete(AMQP_URL, &bench.topology, &tiers).await;
+    let _ = pushq_worker::broker::topology::delete(AMQP_URL, &bench.topology).await;
     print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
     if let Some(path) = &bench.options.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
@@ -167,11 +164,6 @@ impl Bench {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
-    }
-
-    fn worker_settings_for_cleanup(&self) -> anyhow::Result<Settings> {
-        let env: HashMap<String, String> = self.worker_env(0).into_iter().collect();
-        Ok(Settings::from_lookup(|name| env.get(name).cloned())?)
     }
 
     fn subscription(&self, n: u32) -> PushSubscription {

@@ -4,6 +4,7 @@
 //! crate state the same rules for producers written in other languages.
 
 pub mod data;
+pub mod delays;
 pub mod envelope;
 pub mod error;
 pub mod event_types;

@@ -58,8 +58,9 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    pub fn retry_queue(&self, delay_ms: u64) -> String {
-        format!("{}.retry.{delay_ms}", self.prefix)
+    /// One of the delay queues of [`crate::delays::DELAY_QUEUE_MS`].
+    pub fn delay_queue(&self, delay_ms: u64) -> String {
+        format!("{}.delay.{delay_ms}", self.prefix)
     }
 }
 
@@ -84,7 +85,7 @@ mod tests {
         assert_eq!(t.subscriptions_queue(), "acme-test.subscriptions");
         assert_eq!(t.feedback_queue(), "acme-test.feedback");
         assert_eq!(t.dead_queue(), "acme-test.dead");
-        assert_eq!(t.retry_queue(5000), "acme-test.retry.5000");
+        assert_eq!(t.delay_queue(4096), "acme-test.delay.4096");
         assert_eq!(Topology::default().jobs_queue(), "pushq.jobs");
     }
 

@@ -51,6 +51,7 @@ pub struct App {
     pipeline: Arc<Pipeline>,
     ready: watch::Sender<bool>,
     consumer_tag: String,
+    replica: uuid::Uuid,
 }
 
 impl App {
@@ -80,16 +81,15 @@ impl App {
         .map_err(BuildError::Http)?;
         // Named after the topology, so that an operator (or a test) listing the
         // broker's connections sees which environment each replica serves.
-        let consumer_tag = format!(
-            "{}-worker-{}",
-            settings.topology.prefix(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let replica = uuid::Uuid::new_v4();
+        let consumer_tag = format!("{}-worker-{}", settings.topology.prefix(), replica.simple());
+        // Alive from the start: its first claims must not look orphaned.
+        store::workers::beat(&pool, replica, &consumer_tag).await?;
         let pipeline = Pipeline::new(
             pool,
             push,
             PipelineSettings {
-                claim_lease: settings.claim_lease,
+                replica,
                 schedule: settings.retry_schedule(),
                 fanout_concurrency: 32,
                 fanout_chunk: settings.fanout_chunk,
@@ -102,6 +102,7 @@ impl App {
             pipeline: Arc::new(pipeline),
             ready: watch::channel(false).0,
             consumer_tag,
+            replica,
         })
     }
 
@@ -140,9 +141,27 @@ impl App {
             self.settings.delivery_retention,
             shutdown.clone(),
         ));
+        let beating = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.pool().clone(),
+            self.replica,
+            self.consumer_tag.clone(),
+            beating.clone(),
+        ));
+        let exit = self.consume_until(&shutdown).await;
+        // Its claims are final or handed back with its messages by now.
+        beating.cancel();
+        let _ = heartbeat.await;
+        if let Err(err) = store::workers::leave(self.pool(), self.replica).await {
+            tracing::debug!(error = %err, "leaving the replicas table");
+        }
+        exit
+    }
+
+    async fn consume_until(&self, shutdown: &CancellationToken) -> Exit {
         let mut delays = reconnect_backoff();
         loop {
-            let result = self.run_connected(&shutdown).await;
+            let result = self.run_connected(shutdown).await;
             let _ = self.ready.send(false);
             let err = match result {
                 Ok(exit) => return exit,
@@ -179,12 +198,7 @@ impl App {
     ) -> Result<Exit, BrokerError> {
         let topology = &self.settings.topology;
         let publisher = Publisher::open(connection, topology.clone()).await?;
-        topology::declare(
-            publisher.channel(),
-            topology,
-            self.pipeline.settings().schedule.tiers(),
-        )
-        .await?;
+        topology::declare(publisher.channel(), topology).await?;
         let prefetch = self.settings.prefetch;
         let queues = [
             (topology.jobs_queue(), Source::Producer),
@@ -244,6 +258,28 @@ impl App {
     }
 }
 
+/// Tells the other replicas this one is alive (store::workers), on a
+/// connection of its own so that a pool busy with deliveries never delays it
+/// past the point where the others take this replica for dead.
+async fn heartbeat(pool: PgPool, replica: uuid::Uuid, name: String, stop: CancellationToken) {
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(store::workers::HEARTBEAT)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut every = tokio::time::interval(store::workers::HEARTBEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        if let Err(err) = store::workers::beat(&own, replica, &name).await {
+            tracing::warn!(error = %err, "could not refresh this replica's liveness; others may take over its deliveries");
+        }
+    }
+    own.close().await;
+}
+
 /// Browsers give subscriptions an expiration time; lookups already skip
 /// expired ones, and this removes them for good. It also prunes delivery
 /// records past their retention.
@@ -271,6 +307,9 @@ async fn sweep(
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "old delivery records pruned"),
             Err(err) => tracing::warn!(error = %err, "pruning delivery records failed"),
+        }
+        if let Err(err) = store::workers::prune(&pool).await {
+            tracing::warn!(error = %err, "pruning dead replicas failed");
         }
     }
 }

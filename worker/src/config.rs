@@ -59,9 +59,6 @@ pub struct Settings {
     /// Unacked messages per queue per replica.
     pub prefetch: u16,
     pub shutdown_grace: Duration,
-    /// How long a delivery stays reserved for the replica sending it; after a
-    /// crash, another replica sends it once this has passed.
-    pub claim_lease: Duration,
     pub database_max_connections: u32,
     pub log_format: LogFormat,
     /// Where spans go; `None` when no OTLP endpoint is configured.
@@ -190,12 +187,6 @@ impl Settings {
                 1,
             )? as usize,
         };
-        let claim_lease = Duration::from_millis(parse_number::<u64>(
-            "PUSHQ_CLAIM_LEASE_MS",
-            get("PUSHQ_CLAIM_LEASE_MS"),
-            60_000,
-            1_000,
-        )?);
         let shutdown_grace = Duration::from_millis(parse_number::<u64>(
             "PUSHQ_SHUTDOWN_GRACE_MS",
             get("PUSHQ_SHUTDOWN_GRACE_MS"),
@@ -259,7 +250,6 @@ impl Settings {
             max_consecutive_failures,
             fanout_chunk,
             delivery_retention,
-            claim_lease,
             limits,
             prefetch,
             shutdown_grace,

@@ -251,8 +251,7 @@ async fn cleanup(settings: &Settings, topology: &Topology, pool: &sqlx::PgPool, 
     if let Err(err) = subscriptions::delete_by_user_prefix(pool, user_prefix).await {
         tracing::warn!(error = %err, "could not delete the demo's subscriptions");
     }
-    let tiers = settings.retry_schedule().tiers().to_vec();
-    if let Err(err) = topology::delete(settings.amqp_url(), topology, &tiers).await {
+    if let Err(err) = topology::delete(settings.amqp_url(), topology).await {
         tracing::warn!(error = %err, "could not delete the demo's queues");
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::publisher::{Origin, Publisher};
+use super::publisher::{Origin, Publisher, epoch_ms_now};
 use super::{BrokerError, amqp_error};
 use crate::metrics::Metrics;
 use crate::pipeline::{FollowUp, Outcome, Pipeline, Received, Source};
@@ -175,6 +175,18 @@ async fn settle(
             }
         }
         Outcome::Requeue { after } => requeue(delivery, after, stop).await,
+        Outcome::Delay { not_before_ms } => {
+            match publisher
+                .delay_until(&delivery.data, delivery.properties.clone(), not_before_ms)
+                .await
+            {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not pass a delayed message on; handing it back");
+                    requeue(delivery, Duration::from_secs(1), stop).await
+                }
+            }
+        }
     };
     if let Err(err) = settled {
         tracing::warn!(error = %err, "could not settle a message; the broker will redeliver it");
@@ -195,11 +207,10 @@ async fn publish_follow_ups(
         match follow_up {
             FollowUp::Retry { delay_ms, event } => {
                 publisher
-                    .publish(
-                        "",
-                        &topology.retry_queue(delay_ms),
+                    .delay_until(
                         &event.to_structured_json(),
                         properties.clone().with_message_id(event.id.clone().into()),
+                        epoch_ms_now().saturating_add(delay_ms),
                     )
                     .await?;
             }

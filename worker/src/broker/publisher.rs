@@ -4,6 +4,7 @@
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use pushq_schemas::delays::{NOT_BEFORE_HEADER, next_hop};
 use pushq_schemas::{InvalidEvent, Topology};
 
 use super::{BrokerError, amqp_error};
@@ -122,6 +123,35 @@ impl Publisher {
         Ok(())
     }
 
+    /// Hands a message to the delay queues: it comes back to the jobs queue
+    /// at `not_before_ms` (epoch milliseconds), hop by hop, or now when it is
+    /// already due.
+    pub async fn delay_until(
+        &self,
+        body: &[u8],
+        properties: BasicProperties,
+        not_before_ms: u64,
+    ) -> Result<(), BrokerError> {
+        let remaining = not_before_ms.saturating_sub(epoch_ms_now());
+        let Some(hop) = next_hop(remaining) else {
+            return self
+                .publish("", &self.topology.jobs_queue(), body, properties)
+                .await;
+        };
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(NOT_BEFORE_HEADER),
+            AMQPValue::LongLongInt(i64::try_from(not_before_ms).unwrap_or(i64::MAX)),
+        );
+        self.publish(
+            "",
+            &self.topology.delay_queue(hop),
+            body,
+            properties.with_headers(headers),
+        )
+        .await
+    }
+
     /// Copies a message to the dead-letter queue with its original body and
     /// headers plus the reason and where it came from, so an operator can
     /// read, fix and replay it.
@@ -156,6 +186,31 @@ impl Publisher {
 }
 
 /// A header's text, whatever string type it arrived as.
+/// Milliseconds since the Unix epoch, as the delay header counts them.
+pub fn epoch_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// When a delayed message is due, from its [`NOT_BEFORE_HEADER`].
+pub fn not_before_ms(properties: &BasicProperties) -> Option<u64> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(NOT_BEFORE_HEADER)?
+    {
+        AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+        AMQPValue::LongUInt(ms) => Some(u64::from(*ms)),
+        AMQPValue::LongInt(ms) => u64::try_from(*ms).ok(),
+        AMQPValue::Timestamp(ms) => Some(*ms),
+        _ => None,
+    }
+}
+
 pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     match headers?.inner().get(name)? {
         AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),

@@ -8,6 +8,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
+use pushq_schemas::delays::DELAY_QUEUE_MS;
 use pushq_schemas::{Topology, event_types};
 
 use super::{BrokerError, amqp_error};
@@ -39,11 +40,12 @@ fn quorum_arguments(dead_letter_queue: Option<&str>) -> FieldTable {
 }
 
 /// A delay queue: messages wait `delay_ms`, then the broker dead-letters them
-/// straight back to the jobs queue. Every message in one queue has the same
-/// TTL, so they expire in order and none waits behind a longer one. Classic
-/// and durable with persistent messages: they survive a broker restart, and
-/// dead-lettering from a classic queue is not the at-most-once kind quorum
-/// queues default to.
+/// straight back to the jobs queue, where the worker sends each on to its
+/// next hop until it is due (pushq_schemas::delays). Every message in one
+/// queue has the same TTL, so they expire in order and none waits behind a
+/// longer one. Classic and durable with persistent messages: they survive a
+/// broker restart, and dead-lettering from a classic queue is not the
+/// at-most-once kind quorum queues default to.
 fn retry_arguments(topology: &Topology, delay_ms: u64) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -98,13 +100,9 @@ async fn bind(
         .map_err(amqp_error("binding a queue"))
 }
 
-/// Declares everything a worker consumes from or publishes to, with one delay
-/// queue per retry tier (milliseconds).
-pub async fn declare(
-    channel: &Channel,
-    topology: &Topology,
-    retry_tiers: &[u64],
-) -> Result<(), BrokerError> {
+/// Declares everything a worker consumes from or publishes to, the fixed
+/// set of delay queues included.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
     for exchange in [topology.exchange(), topology.results_exchange()] {
         channel
             .exchange_declare(
@@ -128,10 +126,10 @@ pub async fn declare(
     ] {
         declare_queue(channel, &queue, quorum_arguments(Some(&dead))).await?;
     }
-    for &delay_ms in retry_tiers {
+    for delay_ms in DELAY_QUEUE_MS {
         declare_queue(
             channel,
-            &topology.retry_queue(delay_ms),
+            &topology.delay_queue(delay_ms),
             retry_arguments(topology, delay_ms),
         )
         .await?;
@@ -160,19 +158,15 @@ pub async fn declare(
     Ok(())
 }
 
-/// Deletes every queue (the delay queues of `retry_tiers` included) and
-/// exchange of a topology: what the demo, the tests and the benchmark made.
-pub async fn delete(
-    amqp_url: &str,
-    topology: &Topology,
-    retry_tiers: &[u64],
-) -> Result<(), BrokerError> {
+/// Deletes every queue (the delay queues included) and exchange of a
+/// topology: what the demo, the tests and the benchmark made.
+pub async fn delete(amqp_url: &str, topology: &Topology) -> Result<(), BrokerError> {
     let connection = super::connect(amqp_url, "pushq-cleanup").await?;
     let channel = connection
         .create_channel()
         .await
         .map_err(amqp_error("opening a channel"))?;
-    let retry_queues = retry_tiers.iter().map(|&delay| topology.retry_queue(delay));
+    let delay_queues = DELAY_QUEUE_MS.map(|delay| topology.delay_queue(delay));
     for queue in [
         topology.jobs_queue(),
         topology.subscriptions_queue(),
@@ -180,7 +174,7 @@ pub async fn delete(
         topology.dead_queue(),
     ]
     .into_iter()
-    .chain(retry_queues)
+    .chain(delay_queues)
     {
         channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())

@@ -21,7 +21,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::broker::decode::decode;
-use crate::broker::publisher::{Publisher, header_str};
+use crate::broker::publisher::{Publisher, epoch_ms_now, header_str, not_before_ms};
 use crate::metrics::Metrics;
 use crate::push::{OriginPauses, PushClient};
 use crate::retry::RetrySchedule;
@@ -29,6 +29,7 @@ use crate::store::StoreError;
 use crate::store::deliveries::PublishedMarks;
 use crate::store::subscriptions;
 use crate::telemetry;
+use pushq_schemas::delays::DUE_WITHIN_MS;
 
 use notify::Prepared;
 pub use notify::{ChunkData, REGISTRATION_SETTLE, RetryData};
@@ -48,6 +49,9 @@ pub enum Outcome {
     /// Not now (a dependency failed, or another replica holds a delivery):
     /// hand it back to the broker after `after`.
     Requeue { after: Duration },
+    /// Not due yet: publish it unchanged to the delay queues until
+    /// `not_before_ms` (epoch milliseconds), then ack.
+    Delay { not_before_ms: u64 },
 }
 
 impl Outcome {
@@ -142,8 +146,8 @@ pub enum Source {
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// How long a claimed delivery stays reserved for the worker sending it.
-    pub claim_lease: Duration,
+    /// This replica, as the owner of the deliveries it claims (store::workers).
+    pub replica: uuid::Uuid,
     pub schedule: RetrySchedule,
     /// Deliveries of one notification in flight at once.
     pub fanout_concurrency: usize,
@@ -167,6 +171,9 @@ pub struct Pipeline {
     push: PushClient,
     pauses: Arc<OriginPauses>,
     marks: PublishedMarks,
+    /// Deliveries this replica is sending now: its own claims that a
+    /// redelivered copy must not take back while they are in flight.
+    sending: notify::Sending,
     /// Chunks of large audiences delivered at once by this replica: enough to
     /// keep every request slot busy, few enough that memory stays bounded
     /// however many chunks the prefetch brings in.
@@ -181,6 +188,7 @@ impl Pipeline {
             pool,
             push,
             pauses: Arc::new(OriginPauses::default()),
+            sending: notify::Sending::default(),
             chunk_slots: tokio::sync::Semaphore::new(CHUNKS_AT_ONCE),
             settings,
         }
@@ -214,6 +222,34 @@ impl Pipeline {
                     .instrument(message.span.clone())
             }))
             .await;
+        }
+        // A message back from a delay queue before its time goes on to the
+        // next hop; the rest are handled as one batch.
+        let now_ms = epoch_ms_now();
+        let (waiting, due): (Vec<_>, Vec<_>) = messages.iter().enumerate().partition(|(_, m)| {
+            not_before_ms(m.properties).is_some_and(|due| due >= now_ms + DUE_WITHIN_MS)
+        });
+        if !waiting.is_empty() {
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
+            for (index, message) in waiting {
+                outcomes[index] = Some(Outcome::Delay {
+                    not_before_ms: not_before_ms(message.properties).unwrap_or(now_ms),
+                });
+            }
+            let due_messages: Vec<&Received<'_>> = due.iter().map(|(_, m)| *m).collect();
+            let handled = Box::pin(self.handle_due(&due_messages, publisher)).await;
+            for ((index, _), outcome) in due.into_iter().zip(handled) {
+                outcomes[index] = Some(outcome);
+            }
+            return outcomes.into_iter().flatten().collect();
+        }
+        let all: Vec<&Received<'_>> = messages.iter().collect();
+        self.handle_due(&all, publisher).await
+    }
+
+    async fn handle_due(&self, messages: &[&Received<'_>], publisher: &Publisher) -> Vec<Outcome> {
+        if messages.is_empty() {
+            return Vec::new();
         }
         let received_at = Utc::now();
         let decoded: Vec<Result<CloudEvent, InvalidEvent>> = messages

@@ -32,9 +32,67 @@ use crate::telemetry::{self, TraceContext};
 /// How long after its creation an event with no matching subscription is
 /// looked up again (see [`Pipeline::resolve_after_settling`]).
 pub const REGISTRATION_SETTLE: Duration = Duration::from_secs(2);
-/// The longest a message waits in-process before going back to the broker
-/// while another replica holds one of its deliveries.
-const MAX_HELD_ELSEWHERE_WAIT: Duration = Duration::from_secs(5);
+/// How soon a delivery that a live replica is sending is looked at again:
+/// by then it is final (and skipped), or its holder is dead and it is sent.
+const HELD_ELSEWHERE_RETRY_MS: u64 = 1000;
+
+/// The deliveries this replica is sending now.
+#[derive(Debug, Default)]
+pub(super) struct Sending(std::sync::Mutex<std::collections::HashSet<deliveries::Key>>);
+
+impl Sending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<deliveries::Key>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reserves for this task, until the guard is dropped, each pending
+    /// delivery that no other task of this replica has reserved; returns the
+    /// guard, the reserved and the others. Reserved before the claim, so two
+    /// copies of one event in two batches never both take this replica's
+    /// own claim.
+    fn reserve(
+        &self,
+        pending: Vec<Pending>,
+        key_of: impl Fn(&Pending) -> deliveries::Key,
+    ) -> (SendingGuard<'_>, Vec<Pending>, Vec<Pending>) {
+        let mut sending = self.lock();
+        let mut keys = Vec::new();
+        let (reserved, held): (Vec<Pending>, Vec<Pending>) = pending.into_iter().partition(|p| {
+            let key = key_of(p);
+            let free = sending.insert(key.clone());
+            if free {
+                keys.push(key);
+            }
+            free
+        });
+        drop(sending);
+        (
+            SendingGuard {
+                sending: self,
+                keys,
+            },
+            reserved,
+            held,
+        )
+    }
+}
+
+/// Releases its deliveries when dropped, however the sending ended.
+struct SendingGuard<'a> {
+    sending: &'a Sending,
+    keys: Vec<deliveries::Key>,
+}
+
+impl Drop for SendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut sending = self.sending.lock();
+        for key in &self.keys {
+            sending.remove(key);
+        }
+    }
+}
 
 /// The data of a `pushq.internal.retry` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -380,8 +438,7 @@ impl Pipeline {
                 let origin = endpoint_origin(&recipient.endpoint);
                 match self.pauses.remaining(&origin) {
                     // Not an attempt: the push service asked us to wait.
-                    Some(pause) => batches[index]
-                        .retry(recipient.id, self.settings.schedule.tier_for_pause(pause)),
+                    Some(pause) => batches[index].retry(recipient.id, duration_ms(pause)),
                     None => to_claim.push(Pending {
                         job: index,
                         recipient,
@@ -416,11 +473,18 @@ impl Pipeline {
         if pending.is_empty() {
             return Ok(());
         }
+        // What this replica is sending already is held, by itself.
+        let (_sending, pending, held_here) = self
+            .sending
+            .reserve(pending, |p| key(jobs[p.job], &p.recipient));
+        for p in held_here {
+            batches[p.job].retry(p.recipient.id, HELD_ELSEWHERE_RETRY_MS);
+        }
         let keys: Vec<(deliveries::Key, bool)> = pending
             .iter()
             .map(|p| (key(jobs[p.job], &p.recipient), jobs[p.job].replay))
             .collect();
-        let claims = deliveries::claim_many(&self.pool, &keys, self.settings.claim_lease).await?;
+        let claims = deliveries::claim_many(&self.pool, &keys, self.settings.replica).await?;
         let mut concluded: Vec<Concluded> = Vec::new();
         let mut to_send = Vec::new();
         for p in pending {
@@ -457,8 +521,9 @@ impl Pipeline {
                         concluded.push(again);
                     }
                 }
-                Some(Claim::HeldElsewhere { remaining }) => {
-                    batches[p.job].requeue(remaining.min(MAX_HELD_ELSEWHERE_WAIT));
+                Some(Claim::HeldElsewhere) => {
+                    // Not an attempt, and no result: the holder publishes it.
+                    batches[p.job].retry(p.recipient.id, HELD_ELSEWHERE_RETRY_MS);
                 }
                 None => batches[p.job].requeue(DEPENDENCY_BACKOFF),
             }
@@ -488,8 +553,7 @@ impl Pipeline {
                 Err(wait) => {
                     // Deferred by our own rate limit: back to a delay queue,
                     // and the attempt does not count.
-                    batches[p.job]
-                        .retry(p.recipient.id, self.settings.schedule.tier_for_pause(wait));
+                    batches[p.job].retry(p.recipient.id, duration_ms(wait));
                     let mut deferred = Concluded::new(
                         p,
                         span,
@@ -524,19 +588,30 @@ impl Pipeline {
                     (DeliveryStatus::Failed, Some(reason))
                 }
                 Verdict::Retry { reason, after } => {
-                    if let Some(after) = after {
-                        self.pauses.pause(
-                            &p.origin,
-                            after.min(self.settings.schedule.retry_after_max()),
-                        );
-                    }
                     let ttl_left =
                         Duration::from_secs(u64::from(job.send.ttl)).saturating_sub(job.age());
-                    match self
-                        .settings
-                        .schedule
-                        .decide(attempt, after, jitter(), ttl_left)
-                    {
+                    let decision =
+                        self.settings
+                            .schedule
+                            .decide(attempt, after, jitter(), ttl_left);
+                    if reason == ResultReason::Throttled || after.is_some() {
+                        // The wait concerns this subscription; the push
+                        // service pauses only when many are throttled at once.
+                        let asked = after.map_or_else(
+                            || match decision {
+                                RetryDecision::After { delay_ms } => {
+                                    Duration::from_millis(delay_ms)
+                                }
+                                _ => Duration::ZERO,
+                            },
+                            |after| self.settings.schedule.clamp_retry_after(after),
+                        );
+                        if let Some(pause) = self.pauses.throttled(&p.origin, p.recipient.id, asked)
+                        {
+                            tracing::warn!(push_service = %p.origin, pause_ms = duration_ms(pause), "many subscriptions of this push service were throttled at once; pausing it");
+                        }
+                    }
+                    match decision {
                         RetryDecision::After { delay_ms } => {
                             tracing::info!(event_id = %job.notification.id, push_service = %p.origin, attempt, reason = reason.as_str(), retry_in_ms = delay_ms, "will retry");
                             batches[p.job].retry(p.recipient.id, delay_ms);
@@ -630,6 +705,7 @@ impl Pipeline {
         if concluded.is_empty() {
             return Ok(());
         }
+        let mut concluded = concluded;
         let outcomes: Vec<deliveries::Outcome> = concluded
             .iter()
             .filter(|c| !c.already_recorded)
@@ -648,9 +724,20 @@ impl Pipeline {
             })
             .collect();
         if !outcomes.is_empty() {
-            let failures = deliveries::record_many(&self.pool, &outcomes).await?;
+            let recording =
+                deliveries::record_many(&self.pool, &outcomes, self.settings.replica).await?;
+            // An outcome not recorded lost its claim: this replica was taken
+            // for dead, and the one that took over records and publishes.
+            concluded.retain(|c| {
+                let kept = c.already_recorded
+                    || recording.recorded.contains(&key(jobs[c.job], &c.recipient));
+                if !kept {
+                    tracing::warn!(event_id = %jobs[c.job].notification.id, subscription = %c.recipient.id, "another replica took this delivery over; its outcome is that replica's to record");
+                }
+                kept
+            });
             let limit = self.settings.max_consecutive_failures;
-            for (id, failures) in failures {
+            for (id, failures) in recording.failures {
                 if limit > 0 && failures >= limit {
                     let deleted = subscriptions::delete_by_id(&self.pool, id).await?;
                     self.metrics().subscriptions_deleted("failing", deleted);
@@ -1094,6 +1181,10 @@ fn verdict_for_error(err: &DeliveryError) -> Verdict {
             after: Some(*wait),
         },
     }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Uniform in [0, 1), for full jitter.

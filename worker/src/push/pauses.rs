@@ -1,40 +1,95 @@
-//! Push services that asked us to wait (Retry-After): no request goes to a
-//! paused origin until its pause ends; its deliveries wait in delay queues.
+//! When a push service as a whole asked us to wait. A throttled answer
+//! (429, or a Retry-After) concerns one subscription: that delivery alone
+//! waits what it was asked. Only when many distinct subscriptions of one
+//! push service are throttled within a short window is the whole push
+//! service paused (a circuit breaker), and then for the shortest wait among
+//! them, so no delivery waits longer than the push service asked of any.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use uuid::Uuid;
+
+/// Distinct subscriptions throttled within [`BREAKER_WINDOW`] that pause
+/// their push service.
+pub const BREAKER_THRESHOLD: usize = 8;
+/// How far back throttled answers count towards the breaker.
+pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 pub struct OriginPauses {
-    until: Mutex<HashMap<String, Instant>>,
+    origins: Mutex<HashMap<String, Origin>>,
+}
+
+#[derive(Debug, Default)]
+struct Origin {
+    paused_until: Option<Instant>,
+    /// Throttled answers within the window: when, which subscription, how
+    /// long it was asked to wait.
+    throttled: VecDeque<(Instant, Uuid, Duration)>,
 }
 
 impl OriginPauses {
-    /// Pauses `origin` for `pause` (a longer pause already running is kept).
-    pub fn pause(&self, origin: &str, pause: Duration) {
-        let until = Instant::now() + pause;
-        let mut map = self
-            .until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
-        map.retain(|_, end| *end > now);
-        let entry = map.entry(origin.to_owned()).or_insert(until);
-        if *entry < until {
-            *entry = until;
+    /// Notes that `subscription` at `origin` was asked to wait `asked`.
+    /// Returns the pause of the whole push service when this trips the
+    /// breaker.
+    pub fn throttled(&self, origin: &str, subscription: Uuid, asked: Duration) -> Option<Duration> {
+        self.throttled_at(origin, subscription, asked, Instant::now())
+    }
+
+    fn throttled_at(
+        &self,
+        origin: &str,
+        subscription: Uuid,
+        asked: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        let mut origins = self.lock();
+        origins.retain(|_, state| state.is_live(now));
+        let state = origins.entry(origin.to_owned()).or_default();
+        state
+            .throttled
+            .retain(|(at, id, _)| now.duration_since(*at) < BREAKER_WINDOW && *id != subscription);
+        state.throttled.push_back((now, subscription, asked));
+        if state.throttled.len() < BREAKER_THRESHOLD {
+            return None;
         }
+        let pause = state.throttled.iter().map(|(_, _, asked)| *asked).min()?;
+        let until = now + pause;
+        state.paused_until = Some(
+            state
+                .paused_until
+                .map_or(until, |current| current.max(until)),
+        );
+        state.throttled.clear();
+        (!pause.is_zero()).then_some(pause)
     }
 
     /// What is left of `origin`'s pause, if any.
     pub fn remaining(&self, origin: &str) -> Option<Duration> {
-        let map = self
-            .until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.get(origin)
-            .and_then(|end| end.checked_duration_since(Instant::now()))
+        let origins = self.lock();
+        origins
+            .get(origin)?
+            .paused_until?
+            .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Origin>> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Origin {
+    fn is_live(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
+            || self
+                .throttled
+                .back()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) < BREAKER_WINDOW)
     }
 }
 
@@ -42,18 +97,51 @@ impl OriginPauses {
 mod tests {
     use super::*;
 
+    const FCM: &str = "https://fcm.googleapis.com";
+
     #[test]
-    fn a_pause_covers_its_origin_only_and_keeps_the_longest() {
+    fn one_chatty_device_never_pauses_its_push_service() {
         let pauses = OriginPauses::default();
-        pauses.pause("https://a.example", Duration::from_secs(60));
-        pauses.pause("https://a.example", Duration::from_secs(1));
-        assert!(
-            pauses
-                .remaining("https://a.example")
-                .is_some_and(|left| left > Duration::from_secs(50))
+        let device = Uuid::new_v4();
+        let now = Instant::now();
+        for n in 0..100 {
+            let at = now + Duration::from_millis(n);
+            assert_eq!(
+                pauses.throttled_at(FCM, device, Duration::from_secs(30), at),
+                None
+            );
+        }
+        assert_eq!(pauses.remaining(FCM), None);
+    }
+
+    #[test]
+    fn many_devices_throttled_at_once_pause_it_for_the_shortest_wait_asked() {
+        let pauses = OriginPauses::default();
+        let now = Instant::now();
+        for n in 1..BREAKER_THRESHOLD {
+            let asked = Duration::from_secs(10 + n as u64);
+            assert_eq!(pauses.throttled_at(FCM, Uuid::new_v4(), asked, now), None);
+        }
+        let tripped = pauses.throttled_at(FCM, Uuid::new_v4(), Duration::from_secs(60), now);
+        assert_eq!(tripped, Some(Duration::from_secs(11)));
+        assert!(pauses.remaining(FCM).is_some());
+        assert_eq!(
+            pauses.remaining("https://updates.push.services.mozilla.com"),
+            None
         );
-        assert_eq!(pauses.remaining("https://b.example"), None);
-        pauses.pause("https://c.example", Duration::ZERO);
-        assert_eq!(pauses.remaining("https://c.example"), None);
+    }
+
+    #[test]
+    fn throttles_older_than_the_window_do_not_count() {
+        let pauses = OriginPauses::default();
+        let start = Instant::now();
+        for n in 0..(BREAKER_THRESHOLD * 3) {
+            let at = start + BREAKER_WINDOW / 2 * n as u32;
+            assert_eq!(
+                pauses.throttled_at(FCM, Uuid::new_v4(), Duration::from_secs(1), at),
+                None,
+                "throttle {n}"
+            );
+        }
     }
 }

@@ -75,8 +75,8 @@ pub enum Claim {
     Granted { attempt: u32 },
     /// Already final: skip it (publishing its result if that was missed).
     Done(Recorded),
-    /// Another worker holds an unexpired claim (it may be sending right now).
-    HeldElsewhere { remaining: Duration },
+    /// A live replica holds the claim (it may be sending right now).
+    HeldElsewhere,
 }
 
 fn parse_reason(text: &str) -> Option<ResultReason> {
@@ -124,30 +124,35 @@ pub struct Key {
     pub subscription_id: Uuid,
 }
 
-/// Claims deliveries (of any notifications) in one round trip, each with a
-/// lease. The lease outlives one HTTP attempt, so a worker that dies
-/// mid-send only delays the redelivery by the lease. Where `replay` is set,
-/// an exhausted delivery is claimed again with its attempts reset.
+/// Claims deliveries (of any notifications) in one round trip for replica
+/// `owner`. A claim lasts while its owner is alive (store::workers), however
+/// long its sends take; one whose owner is dead is taken over, and the owner
+/// takes back its own at once (after a broker blip redelivered them; the
+/// caller leaves out those it is still sending). Where `replay` is set, an
+/// exhausted delivery is claimed again with its attempts reset.
 pub async fn claim_many(
     pool: &PgPool,
     keys: &[(Key, bool)],
-    lease: Duration,
+    owner: Uuid,
 ) -> Result<HashMap<Key, Claim>, StoreError> {
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let event_ids: Vec<&str> = keys.iter().map(|(key, _)| key.event_id.as_str()).collect();
     let ids: Vec<Uuid> = keys.iter().map(|(key, _)| key.subscription_id).collect();
     let replays: Vec<bool> = keys.iter().map(|(_, replay)| *replay).collect();
     let granted: Vec<(String, Uuid, i32)> = sqlx::query_as(
-        "INSERT INTO deliveries AS d (event_id, subscription_id, status, attempts, claimed_until)
-         SELECT event_id, id, 'sending', 1, now() + make_interval(secs => $4::float8 / 1000)
+        "INSERT INTO deliveries AS d (event_id, subscription_id, status, attempts, claimed_by)
+         SELECT event_id, id, 'sending', 1, $4
          FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS input(event_id, id, replay)
          ON CONFLICT (event_id, subscription_id) DO UPDATE SET
              status = 'sending',
              attempts = CASE WHEN d.status = 'exhausted' THEN 1 ELSE d.attempts + 1 END,
              reason = NULL, result_published = false,
-             claimed_until = EXCLUDED.claimed_until, updated_at = now()
+             claimed_by = $4, claimed_until = NULL, updated_at = now()
          WHERE d.status = 'retrying'
-            OR (d.status = 'sending' AND d.claimed_until < now())
+            OR (d.status = 'sending' AND (
+                    d.claimed_by = $4
+                 OR (d.claimed_by IS NULL AND (d.claimed_until IS NULL OR d.claimed_until < now()))
+                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = d.claimed_by
+                                AND w.seen_at > now() - make_interval(secs => $5::float8))))
             OR (d.status = 'exhausted' AND EXISTS (
                     SELECT 1 FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS r(event_id, id, replay)
                     WHERE r.replay AND r.event_id = d.event_id AND r.id = d.subscription_id))
@@ -156,7 +161,8 @@ pub async fn claim_many(
     .bind(&event_ids)
     .bind(&ids)
     .bind(&replays)
-    .bind(lease_ms)
+    .bind(owner)
+    .bind(super::workers::DEAD_AFTER.as_secs_f64())
     .fetch_all(pool)
     .await
     .map_err(db_error("claiming deliveries"))?;
@@ -184,19 +190,10 @@ pub async fn claim_many(
     }
     let other_events: Vec<&str> = others.iter().map(|key| key.event_id.as_str()).collect();
     let other_ids: Vec<Uuid> = others.iter().map(|key| key.subscription_id).collect();
-    type Row = (
-        String,
-        Uuid,
-        String,
-        i32,
-        Option<i16>,
-        Option<String>,
-        bool,
-        Option<f64>,
-    );
+    type Row = (String, Uuid, String, i32, Option<i16>, Option<String>, bool);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT d.event_id, d.subscription_id, d.status, d.attempts, d.last_status_code, d.reason,
-                d.result_published, (EXTRACT(EPOCH FROM (d.claimed_until - now())) * 1000)::float8
+                d.result_published
          FROM deliveries d
          JOIN unnest($1::text[], $2::uuid[]) AS k(event_id, id)
            ON d.event_id = k.event_id AND d.subscription_id = k.id",
@@ -206,16 +203,7 @@ pub async fn claim_many(
     .fetch_all(pool)
     .await
     .map_err(db_error("reading delivery claims"))?;
-    for (
-        event_id,
-        subscription_id,
-        status,
-        attempts,
-        http_status,
-        reason,
-        result_published,
-        remaining_ms,
-    ) in rows
+    for (event_id, subscription_id, status, attempts, http_status, reason, result_published) in rows
     {
         let claim = match DeliveryStatus::parse(&status) {
             Some(status) if status.is_final() => Claim::Done(Recorded {
@@ -225,9 +213,7 @@ pub async fn claim_many(
                 reason: reason.as_deref().and_then(parse_reason),
                 result_published,
             }),
-            _ => Claim::HeldElsewhere {
-                remaining: Duration::from_millis(remaining_ms.unwrap_or(0.0).max(0.0) as u64),
-            },
+            _ => Claim::HeldElsewhere,
         };
         claims.insert(
             Key {
@@ -240,13 +226,24 @@ pub async fn claim_many(
     Ok(claims)
 }
 
+/// What [`record_many`] wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// The outcomes written: the writer still held their claims.
+    pub recorded: std::collections::HashSet<Key>,
+    /// The consecutive failures of each subscription that failed.
+    pub failures: HashMap<Uuid, u32>,
+}
+
 /// Records many attempts' outcomes (of any notifications) and the
-/// subscriptions' health in one round trip. Returns the consecutive failures
-/// of each subscription that failed.
+/// subscriptions' health in one round trip. Fenced: an outcome is written
+/// only while `owner` still holds its claim, so a replica taken for dead
+/// never overwrites what the one that took over recorded.
 pub async fn record_many(
     pool: &PgPool,
     outcomes: &[Outcome],
-) -> Result<HashMap<Uuid, u32>, StoreError> {
+    owner: Uuid,
+) -> Result<Recording, StoreError> {
     let event_ids: Vec<&str> = outcomes.iter().map(|o| o.event_id.as_str()).collect();
     let ids: Vec<Uuid> = outcomes.iter().map(|o| o.subscription_id).collect();
     let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
@@ -260,31 +257,40 @@ pub async fn record_many(
         .collect();
     let health: Vec<i16> = outcomes.iter().map(|o| o.health.code()).collect();
     let uncounted: Vec<bool> = outcomes.iter().map(|o| !o.attempt_counts).collect();
-    let failures: Vec<(Uuid, i32)> = sqlx::query_as(
+    let rows: Vec<(Option<String>, Uuid, Option<i32>)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[], $7::bool[])
                  AS t(event_id, id, status, code, reason, health, uncounted)
          ), recorded AS (
              UPDATE deliveries SET status = input.status, last_status_code = input.code,
                  attempts = CASE WHEN input.uncounted THEN deliveries.attempts - 1 ELSE deliveries.attempts END,
-                 reason = input.reason, result_published = false, claimed_until = NULL, updated_at = now()
+                 reason = input.reason, result_published = false, claimed_by = NULL,
+                 claimed_until = NULL, updated_at = now()
              FROM input WHERE deliveries.event_id = input.event_id AND deliveries.subscription_id = input.id
+                 AND deliveries.status = 'sending' AND deliveries.claimed_by = $8
+             RETURNING deliveries.event_id, deliveries.subscription_id
          ), health AS (
-             SELECT id, sum(CASE WHEN health = 1 THEN 1 ELSE 0 END) AS successes,
+             SELECT input.id, sum(CASE WHEN health = 1 THEN 1 ELSE 0 END) AS successes,
                     sum(CASE WHEN health = 2 THEN 1 ELSE 0 END) AS failures
-             FROM input WHERE health <> 0 GROUP BY id
+             FROM input JOIN recorded
+               ON recorded.event_id = input.event_id AND recorded.subscription_id = input.id
+             WHERE health <> 0 GROUP BY input.id
+         ), healed AS (
+             UPDATE subscriptions SET
+                 last_success_at = CASE WHEN health.successes > 0 THEN now() ELSE subscriptions.last_success_at END,
+                 consecutive_failures = CASE WHEN health.successes > 0 THEN 0
+                                             ELSE subscriptions.consecutive_failures + health.failures END
+             FROM health WHERE subscriptions.id = health.id
+                 -- A healthy subscription's row is rewritten at most hourly, not
+                 -- on every delivery: last_success_at is hour-grained, and the
+                 -- database spends its time on deliveries instead.
+                 AND NOT (health.failures = 0 AND subscriptions.consecutive_failures = 0
+                          AND subscriptions.last_success_at > now() - interval '1 hour')
+             RETURNING subscriptions.id, subscriptions.consecutive_failures
          )
-         UPDATE subscriptions SET
-             last_success_at = CASE WHEN health.successes > 0 THEN now() ELSE subscriptions.last_success_at END,
-             consecutive_failures = CASE WHEN health.successes > 0 THEN 0
-                                         ELSE subscriptions.consecutive_failures + health.failures END
-         FROM health WHERE subscriptions.id = health.id
-             -- A healthy subscription's row is rewritten at most hourly, not
-             -- on every delivery: last_success_at is hour-grained, and the
-             -- database spends its time on deliveries instead.
-             AND NOT (health.failures = 0 AND subscriptions.consecutive_failures = 0
-                      AND subscriptions.last_success_at > now() - interval '1 hour')
-         RETURNING subscriptions.id, subscriptions.consecutive_failures",
+         SELECT event_id, subscription_id, NULL::int4 FROM recorded
+         UNION ALL
+         SELECT NULL, id, consecutive_failures FROM healed",
     )
     .bind(&event_ids)
     .bind(&ids)
@@ -293,18 +299,33 @@ pub async fn record_many(
     .bind(&reasons)
     .bind(&health)
     .bind(&uncounted)
+    .bind(owner)
     .fetch_all(pool)
     .await
     .map_err(db_error("recording deliveries"))?;
-    Ok(failures
-        .into_iter()
-        .filter(|(id, _)| {
-            outcomes
-                .iter()
-                .any(|o| o.subscription_id == *id && o.health == Health::Failure)
-        })
-        .map(|(id, n)| (id, u32::try_from(n).unwrap_or(0)))
-        .collect())
+    let mut recording = Recording::default();
+    for (event_id, subscription_id, failures) in rows {
+        match (event_id, failures) {
+            (Some(event_id), _) => {
+                recording.recorded.insert(Key {
+                    event_id,
+                    subscription_id,
+                });
+            }
+            (None, Some(failures)) => {
+                let failed = outcomes
+                    .iter()
+                    .any(|o| o.subscription_id == subscription_id && o.health == Health::Failure);
+                if failed {
+                    recording
+                        .failures
+                        .insert(subscription_id, u32::try_from(failures).unwrap_or(0));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(recording)
 }
 
 /// Deletes final delivery records created more than `retention` ago: they

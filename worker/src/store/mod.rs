@@ -3,6 +3,7 @@
 
 pub mod deliveries;
 pub mod subscriptions;
+pub mod workers;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -333,7 +333,7 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
         app.pool.clone(),
         push,
         PipelineSettings {
-            claim_lease: std::time::Duration::from_secs(60),
+            replica: uuid::Uuid::new_v4(),
             schedule: app.settings.retry_schedule(),
             fanout_concurrency: 8,
             fanout_chunk: 500,

@@ -33,6 +33,18 @@ pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
     HEAVY.acquire().await.expect("never closed")
 }
 
+/// A one-off subscription target: the browser's subscription in the event.
+pub fn inline(browser: &BrowserSubscription) -> pushq_producer::Target {
+    pushq_producer::Target::Subscription(PushSubscription {
+        endpoint: browser.endpoint.clone(),
+        expiration_time: None,
+        keys: pushq_producer::SubscriptionKeys {
+            p256dh: browser.p256dh.clone(),
+            auth: browser.auth.clone(),
+        },
+    })
+}
+
 pub fn postgres_base() -> String {
     std::env::var("PUSHQ_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -470,13 +482,9 @@ impl TestApp {
         let _ = self.producer.close().await;
         let _ = self.raw_connection.close(200, "done".into()).await;
         self.pool.close().await;
-        pushq_worker::broker::topology::delete(
-            AMQP_URL,
-            &self.topology,
-            self.settings.retry_schedule().tiers(),
-        )
-        .await
-        .expect("topology deleted");
+        pushq_worker::broker::topology::delete(AMQP_URL, &self.topology)
+            .await
+            .expect("topology deleted");
         drop_database(&self.database).await;
     }
 }

@@ -5,6 +5,7 @@
 
 mod browser;
 mod cdp;
+mod claims;
 mod collector;
 mod compose;
 mod dead_letters;
@@ -19,4 +20,5 @@ mod proxy;
 mod secrets;
 mod subscriptions;
 mod telemetry;
+mod throttling;
 mod vapid;
