@@ -46,6 +46,13 @@ impl Topology {
         format!("{}.jobs", self.prefix)
     }
 
+    /// Where delayed messages (retries, and hops of the delay queues) come
+    /// back when their time is up: consumed beside the jobs queue, so a
+    /// backlog of new jobs never lengthens a delay.
+    pub fn due_queue(&self) -> String {
+        format!("{}.due", self.prefix)
+    }
+
     pub fn subscriptions_queue(&self) -> String {
         format!("{}.subscriptions", self.prefix)
     }
@@ -86,6 +93,7 @@ mod tests {
         assert_eq!(t.feedback_queue(), "acme-test.feedback");
         assert_eq!(t.dead_queue(), "acme-test.dead");
         assert_eq!(t.delay_queue(4096), "acme-test.delay.4096");
+        assert_eq!(t.due_queue(), "acme-test.due");
         assert_eq!(Topology::default().jobs_queue(), "pushq.jobs");
     }
 

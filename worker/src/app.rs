@@ -202,6 +202,7 @@ impl App {
         let prefetch = self.settings.prefetch;
         let queues = [
             (topology.jobs_queue(), Source::Producer),
+            (topology.due_queue(), Source::Producer),
             (topology.subscriptions_queue(), Source::Producer),
             (topology.feedback_queue(), Source::Feedback),
         ];

@@ -123,7 +123,7 @@ impl Publisher {
         Ok(())
     }
 
-    /// Hands a message to the delay queues: it comes back to the jobs queue
+    /// Hands a message to the delay queues: it comes back to the due queue
     /// at `not_before_ms` (epoch milliseconds), hop by hop, or now when it is
     /// already due.
     pub async fn delay_until(
@@ -135,7 +135,7 @@ impl Publisher {
         let remaining = not_before_ms.saturating_sub(epoch_ms_now());
         let Some(hop) = next_hop(remaining) else {
             return self
-                .publish("", &self.topology.jobs_queue(), body, properties)
+                .publish("", &self.topology.due_queue(), body, properties)
                 .await;
         };
         let mut headers = properties.headers().clone().unwrap_or_default();

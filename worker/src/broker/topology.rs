@@ -40,8 +40,8 @@ fn quorum_arguments(dead_letter_queue: Option<&str>) -> FieldTable {
 }
 
 /// A delay queue: messages wait `delay_ms`, then the broker dead-letters them
-/// straight back to the jobs queue, where the worker sends each on to its
-/// next hop until it is due (pushq_schemas::delays). Every message in one
+/// to the due queue, where the worker sends each on to its next hop until it
+/// is due (pushq_schemas::delays). Every message in one
 /// queue has the same TTL, so they expire in order and none waits behind a
 /// longer one. Classic and durable with persistent messages: they survive a
 /// broker restart, and dead-lettering from a classic queue is not the
@@ -58,7 +58,7 @@ fn retry_arguments(topology: &Topology, delay_ms: u64) -> FieldTable {
     );
     arguments.insert(
         ShortString::from("x-dead-letter-routing-key"),
-        AMQPValue::LongString(LongString::from(topology.jobs_queue())),
+        AMQPValue::LongString(LongString::from(topology.due_queue())),
     );
     arguments
 }
@@ -121,6 +121,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
     declare_queue(channel, &dead, quorum_arguments(None)).await?;
     for queue in [
         topology.jobs_queue(),
+        topology.due_queue(),
         topology.subscriptions_queue(),
         topology.feedback_queue(),
     ] {
@@ -169,6 +170,7 @@ pub async fn delete(amqp_url: &str, topology: &Topology) -> Result<(), BrokerErr
     let delay_queues = DELAY_QUEUE_MS.map(|delay| topology.delay_queue(delay));
     for queue in [
         topology.jobs_queue(),
+        topology.due_queue(),
         topology.subscriptions_queue(),
         topology.feedback_queue(),
         topology.dead_queue(),

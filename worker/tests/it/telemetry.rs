@@ -163,6 +163,11 @@ async fn a_notification_is_one_trace_from_the_producer_span_to_the_push_service(
         retry.attribute("cloudevents.event_type"),
         Some("pushq.internal.retry")
     );
+    assert_eq!(
+        retry.attribute("messaging.destination.name"),
+        Some(app.topology.due_queue().as_str()),
+        "a retry comes back through the due queue"
+    );
     let attempt = |job: &ReceivedSpan| -> ReceivedSpan {
         spans
             .iter()
