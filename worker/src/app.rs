@@ -15,13 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::publisher::Publisher;
-use crate::broker::{self, BrokerError, consumer, topology};
+use crate::broker::{self, BrokerError, consume, topology};
 use crate::config::{ConfigError, Settings};
+use crate::consumer;
 use crate::http::Observed;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineSettings, Source};
+use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::push::limits::Limits;
 use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
+use crate::step::Source;
 use crate::store::{self, StoreError, subscriptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +212,7 @@ impl App {
         let mut consumers = Vec::with_capacity(queues.len());
         for (queue, source) in queues {
             let (channel, consumer) =
-                consumer::open(connection, &queue, prefetch, &self.consumer_tag).await?;
+                consume::open(connection, &queue, prefetch, &self.consumer_tag).await?;
             channels.push(channel);
             consumers.push((queue, source, consumer));
         }

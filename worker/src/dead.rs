@@ -15,7 +15,7 @@ use crate::broker::publisher::{
     header_str,
 };
 use crate::broker::{self, BrokerError, amqp_error};
-use crate::pipeline::REPLAY_HEADER;
+use crate::step::REPLAY_HEADER;
 
 /// Letters of one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

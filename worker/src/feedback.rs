@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::broker::decode::decode;
 use crate::metrics::Metrics;
-use crate::pipeline::{DEPENDENCY_BACKOFF, Outcome, Received};
+use crate::step::{DEPENDENCY_BACKOFF, Outcome, Received};
 use crate::store::subscriptions;
 
 pub async fn handle(pool: &PgPool, metrics: &Metrics, message: &Received<'_>) -> Outcome {

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod consumer;
 pub mod dead;
 pub mod demo;
 pub mod feedback;
@@ -13,5 +14,6 @@ pub mod pipeline;
 pub mod push;
 pub mod results;
 pub mod retry;
+pub mod step;
 pub mod store;
 pub mod telemetry;

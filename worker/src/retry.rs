@@ -4,6 +4,54 @@
 
 use std::time::Duration;
 
+use pushq_schemas::ResultReason;
+
+use crate::push::Verdict;
+
+/// What one attempt comes to, given what the push service said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conclusion {
+    Delivered,
+    /// Delete the subscription; never retried.
+    Gone,
+    Failed(ResultReason),
+    /// Try again after `delay_ms`.
+    Retry {
+        reason: ResultReason,
+        delay_ms: u64,
+    },
+    /// Failed for `reason` with the schedule used up.
+    Exhausted {
+        reason: ResultReason,
+    },
+    /// Failed for `reason`, and the next retry would start after the TTL.
+    Expired {
+        reason: ResultReason,
+    },
+}
+
+/// The one rule from a verdict to what happens next: `attempt` is 1-based,
+/// `ttl_left` what remains of the notification's TTL, `jitter` uniform in [0, 1).
+pub fn conclude(
+    verdict: Verdict,
+    attempt: u32,
+    ttl_left: Duration,
+    schedule: &RetrySchedule,
+    jitter: f64,
+) -> Conclusion {
+    match verdict {
+        Verdict::Delivered => Conclusion::Delivered,
+        Verdict::Gone => Conclusion::Gone,
+        Verdict::Failed(reason) => Conclusion::Failed(reason),
+        Verdict::Retry { reason, after } => match schedule.decide(attempt, after, jitter, ttl_left)
+        {
+            RetryDecision::After { delay_ms } => Conclusion::Retry { reason, delay_ms },
+            RetryDecision::Exhausted => Conclusion::Exhausted { reason },
+            RetryDecision::Expired => Conclusion::Expired { reason },
+        },
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule {
     delays: Vec<Duration>,
@@ -122,6 +170,57 @@ mod tests {
             s.decide(1, Some(Duration::from_secs(86_400)), 0.0, LONG),
             RetryDecision::After { delay_ms: 60_000 }
         );
+    }
+
+    #[test]
+    fn each_verdict_comes_to_its_conclusion() {
+        let s = schedule();
+        let retry = |after| Verdict::Retry {
+            reason: ResultReason::Throttled,
+            after,
+        };
+        let cases = [
+            (Verdict::Delivered, 1, LONG, Conclusion::Delivered),
+            (Verdict::Gone, 1, LONG, Conclusion::Gone),
+            (
+                Verdict::Failed(ResultReason::Unauthorized),
+                1,
+                LONG,
+                Conclusion::Failed(ResultReason::Unauthorized),
+            ),
+            (
+                retry(Some(Duration::from_secs(2))),
+                1,
+                LONG,
+                Conclusion::Retry {
+                    reason: ResultReason::Throttled,
+                    delay_ms: 2000,
+                },
+            ),
+            (
+                retry(None),
+                3,
+                LONG,
+                Conclusion::Exhausted {
+                    reason: ResultReason::Throttled,
+                },
+            ),
+            (
+                retry(Some(Duration::from_secs(2))),
+                1,
+                Duration::from_secs(1),
+                Conclusion::Expired {
+                    reason: ResultReason::Throttled,
+                },
+            ),
+        ];
+        for (verdict, attempt, ttl_left, expected) in cases {
+            assert_eq!(
+                conclude(verdict, attempt, ttl_left, &s, 0.0),
+                expected,
+                "{verdict:?} at attempt {attempt}"
+            );
+        }
     }
 
     #[test]

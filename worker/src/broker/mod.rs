@@ -1,7 +1,7 @@
 //! RabbitMQ: topology, decoding CloudEvents from AMQP messages, confirmed
-//! publishing, and the consumers.
+//! publishing, and starting consumers.
 
-pub mod consumer;
+pub mod consume;
 pub mod decode;
 pub mod publisher;
 pub mod topology;

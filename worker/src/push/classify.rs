@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use pushq_schemas::ResultReason;
 
+use super::client::DeliveryError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// 201/202: the push service took it.
@@ -45,6 +47,27 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) 
         },
         _ => Verdict::Failed(ResultReason::UnexpectedStatus),
     }
+}
+
+/// What no answer means: a timeout or a broken connection may pass, a
+/// refused endpoint or keys we cannot encrypt for will not. `None` for a
+/// deferral by our own rate limit, which is not an attempt at all.
+pub fn classify_error(err: &DeliveryError) -> Option<Verdict> {
+    Some(match err {
+        DeliveryError::Timeout => Verdict::Retry {
+            reason: ResultReason::Timeout,
+            after: None,
+        },
+        DeliveryError::Connect(_) | DeliveryError::Request(_) => Verdict::Retry {
+            reason: ResultReason::ConnectionError,
+            after: None,
+        },
+        DeliveryError::Refused(_) => Verdict::Failed(ResultReason::EndpointRefused),
+        DeliveryError::Encrypt(_) | DeliveryError::Keys(_) | DeliveryError::Vapid => {
+            Verdict::Failed(ResultReason::BadRequest)
+        }
+        DeliveryError::Deferred(_) => return None,
+    })
 }
 
 /// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date in

@@ -49,7 +49,7 @@ pub struct PushResponse {
     pub retry_after: Option<String>,
 }
 
-/// Why no answer was had. `is_transient` tells what a retry may fix.
+/// Why no answer was had; `classify::classify_error` tells what a retry may fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("{0}")]
@@ -70,12 +70,6 @@ pub enum DeliveryError {
     Connect(#[source] reqwest::Error),
     #[error("the request to the push service failed")]
     Request(#[source] reqwest::Error),
-}
-
-impl DeliveryError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout | Self::Connect(_) | Self::Request(_))
-    }
 }
 
 #[derive(Debug)]

@@ -10,7 +10,7 @@ pub mod limits;
 pub mod pauses;
 pub mod vapid;
 
-pub use classify::{Verdict, classify_status};
+pub use classify::{Verdict, classify_error, classify_status};
 pub use client::{DeliveryError, HttpSettings, PushClient, PushMessage, PushResponse};
 pub use endpoint_policy::EndpointPolicy;
 pub use pauses::OriginPauses;

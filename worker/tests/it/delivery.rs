@@ -312,9 +312,10 @@ async fn a_burst_of_sends_by_endpoint_reaches_each_its_own_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are_acked() {
-    use pushq_worker::pipeline::{Outcome, Pipeline, PipelineSettings, Received, Source};
+    use pushq_worker::pipeline::{Pipeline, PipelineSettings};
     use pushq_worker::push::limits::{LimitSettings, Limits};
     use pushq_worker::push::{HttpSettings, PushClient, VapidSigner};
+    use pushq_worker::step::{FollowUp, Outcome, Received};
 
     let app = TestApp::spawn().await;
     let browser = app.browser();
@@ -341,30 +342,40 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
             source: "/tests".into(),
         },
     );
-    let connection = pushq_worker::broker::connect(crate::helpers::AMQP_URL, "twin-test")
-        .await
-        .expect("connects");
-    let publisher =
-        pushq_worker::broker::publisher::Publisher::open(&connection, app.topology.clone())
-            .await
-            .expect("publisher");
     let event = json!({
         "specversion": "1.0", "id": "twin-event", "source": "/tests", "type": "pushq.notification.send",
         "data": {"to": {"user": "twin"}, "payload": "one copy"},
     })
     .to_string();
     let properties = crate::helpers::structured_properties();
+    // The step needs no broker: its outcomes list everything to publish.
     let outcomes = pipeline
-        .handle_many(
-            Source::Producer,
-            &[
-                Received::new(&properties, event.as_bytes(), "tests"),
-                Received::new(&properties, event.as_bytes(), "tests"),
-            ],
-            &publisher,
-        )
+        .handle_many(&[
+            Received::new(&properties, event.as_bytes(), "tests"),
+            Received::new(&properties, event.as_bytes(), "tests"),
+        ])
         .await;
-    assert_eq!(outcomes, [Outcome::ack(), Outcome::ack()]);
+    let Outcome::Ack {
+        follow_ups,
+        published,
+    } = &outcomes[0]
+    else {
+        panic!("the first copy is acked: {:?}", outcomes[0]);
+    };
+    let results: Vec<&str> = follow_ups
+        .iter()
+        .map(|follow_up| match follow_up {
+            FollowUp::Result { event } => event.event_type.as_str(),
+            other => panic!("only a result to publish, not {other:?}"),
+        })
+        .collect();
+    assert_eq!(results, ["pushq.delivery.succeeded"]);
+    assert_eq!(published.len(), 1);
+    assert_eq!(
+        outcomes[1],
+        Outcome::ack(),
+        "the second copy has nothing to do"
+    );
     let received = app
         .fake
         .wait_for_received(1, WAIT)
@@ -372,7 +383,6 @@ async fn the_same_event_twice_in_one_batch_is_delivered_once_and_both_copies_are
         .expect("delivered");
     assert_eq!(received.len(), 1);
     assert_eq!(app.fake.received_by(&browser)[0].text(), "one copy");
-    let _ = connection.close(200, "done".into()).await;
     app.stop().await;
 }
 

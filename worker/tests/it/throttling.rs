@@ -139,3 +139,39 @@ async fn many_devices_throttled_at_once_pause_the_push_service_for_the_shortest_
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retry_waits_the_delay_its_result_announced() {
+    let app = TestApp::spawn_with(&[("PUSHQ_RETRY_DELAYS_MS", "100,400,1500,3000")]).await;
+    let mut results = app.watch_results().await;
+    let device = app.browser();
+    app.fake
+        .script(&device, [503, 503, 503, 503].map(Reply::status));
+    send_to(&app, &device, "after four retries").await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let result = results.next(1).await.remove(0);
+        seen.push((Instant::now(), result));
+    }
+    let mut deviations = Vec::new();
+    for pair in seen.windows(2) {
+        let (announced_at, announced) = &pair[0];
+        let (next_at, next) = &pair[1];
+        let asked = Duration::from_millis(announced.data.retry_in_ms.expect("a retrying result"));
+        let waited = next_at.duration_since(*announced_at);
+        deviations.push(format!("asked {asked:?}, waited {waited:?}"));
+        assert_eq!(next.data.attempt, announced.data.attempt + 1);
+        // Never early (beyond the 16 ms a hop may round and clock noise).
+        assert!(
+            waited + Duration::from_millis(30) >= asked,
+            "retried early: {deviations:?}"
+        );
+        // max(10 %, 250 ms) is the design; the slack is for a loaded machine.
+        let tolerance = (asked / 10).max(Duration::from_millis(250)) + Duration::from_secs(1);
+        assert!(waited <= asked + tolerance, "retried late: {deviations:?}");
+    }
+    eprintln!("retry delays: {deviations:?}");
+    assert_eq!(seen[4].1.event_type, "pushq.delivery.succeeded");
+    results.close().await;
+    app.stop().await;
+}

@@ -1,5 +1,11 @@
 //! A worker with its own database, topology and fake push service.
 
+mod process;
+mod results;
+
+pub use process::WorkerProcess;
+pub use results::ResultEvent;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -77,95 +83,6 @@ enum Worker {
     },
     /// The `pushq-worker run` binary, as operators run it.
     Process(WorkerProcess),
-}
-
-/// A `pushq-worker run` child process, its log lines kept for assertions.
-pub struct WorkerProcess {
-    child: tokio::process::Child,
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl WorkerProcess {
-    /// Starts `pushq-worker run` with `vars` on a free HTTP port (JSON logs
-    /// unless asked otherwise) and waits until it is ready; returns it and
-    /// its HTTP address.
-    async fn start(vars: &HashMap<String, String>) -> (Self, SocketAddr) {
-        let mut vars = vars.clone();
-        let http_addr = free_local_addr();
-        vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
-        vars.entry("PUSHQ_LOG_FORMAT".into())
-            .or_insert_with(|| "json".into());
-        let process = Self::spawn(&vars);
-        wait_ready(http_addr).await;
-        (process, http_addr)
-    }
-
-    fn spawn(vars: &HashMap<String, String>) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushq-worker"))
-            .arg("run")
-            .envs(vars)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("pushq-worker starts");
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let kept = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                kept.lock().expect("logs").push(line);
-            }
-        });
-        Self { child, logs }
-    }
-
-    /// Sends SIGTERM and returns the exit status, bounded by [`WAIT`].
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        self.stop_with("TERM").await
-    }
-
-    /// Sends `signal` (TERM, INT, KILL) unless the process already exited,
-    /// and returns its exit status, bounded by [`WAIT`].
-    pub async fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return status;
-        }
-        self.signal(signal).await;
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("the worker exits in time after SIG{signal}"))
-            .expect("exit status")
-    }
-
-    async fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = tokio::process::Command::new("kill")
-            .args([format!("-{signal}"), pid])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// The process's peak resident memory so far (VmHWM), in MB.
-    pub fn peak_rss_mb(&self) -> f64 {
-        let pid = self.child.id().expect("still running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kib / 1024.0
-    }
-
-    pub fn log_lines(&self) -> Vec<String> {
-        self.logs.lock().expect("logs").clone()
-    }
 }
 
 fn unique(label: &str) -> String {
@@ -500,21 +417,6 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), req
     Ok((status, response.text().await?))
 }
 
-/// Polls `/readyz` until it answers 200, bounded by [`WAIT`].
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok((200, _)) = http_get(addr, "/readyz").await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker at {addr} was not ready within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The key as `PUSHQ_VAPID_PRIVATE_KEY_FILE` takes it (SEC1 PEM).
 pub fn vapid_pem(key: &VapidPrivateKey) -> String {
     use base64::Engine;
@@ -527,13 +429,6 @@ pub fn vapid_pem(key: &VapidPrivateKey) -> String {
         .to_sec1_pem(LineEnding::LF)
         .expect("PEM")
         .to_string()
-}
-
-/// A loopback port nothing listens on right now, for a child to bind.
-pub fn free_local_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
 }
 
 pub async fn drop_database(database: &str) {
@@ -598,157 +493,4 @@ pub fn structured_properties() -> BasicProperties {
 
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// A queue bound to every result event of one topology.
-pub struct ResultsProbe {
-    channel: Channel,
-    consumer: lapin::Consumer,
-}
-
-#[derive(Debug, Clone)]
-pub struct ResultEvent {
-    pub event_type: String,
-    pub subject: Option<String>,
-    pub traceparent: Option<String>,
-    pub data: pushq_schemas::DeliveryResult,
-}
-
-impl TestApp {
-    /// Starts collecting result events; call before publishing what causes them.
-    pub async fn watch_results(&self) -> ResultsProbe {
-        let channel = self.raw_connection.create_channel().await.expect("channel");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                lapin::options::QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("probe queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.topology.results_exchange().into(),
-                "#".into(),
-                Default::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind probe");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume probe");
-        ResultsProbe { channel, consumer }
-    }
-
-    /// Closes this replica's broker connection from the broker's side, as a
-    /// network cut or a broker failover would.
-    pub async fn cut_worker_connection(&self) {
-        let closed = self.close_worker_connections(&self.connection_name).await;
-        assert_eq!(closed, 1, "the worker's connection is listed");
-    }
-
-    /// Closes, from the broker's side, every connection of every worker
-    /// replica of this test (named `<prefix>-worker-…`), leaving other tests'
-    /// connections alone. Returns how many were closed.
-    pub async fn close_all_worker_connections(&self) -> usize {
-        let prefix = format!("{}-worker-", self.topology.prefix());
-        self.close_worker_connections(&prefix).await
-    }
-
-    async fn close_worker_connections(&self, name_part: &str) -> usize {
-        let output = tokio::process::Command::new("rabbitmqctl")
-            .args([
-                "list_connections",
-                "--quiet",
-                "--no-table-headers",
-                "pid",
-                "client_properties",
-            ])
-            .output()
-            .await
-            .expect("rabbitmqctl runs");
-        let listing = String::from_utf8_lossy(&output.stdout);
-        let pids: Vec<String> = listing
-            .lines()
-            .filter(|line| line.contains(name_part))
-            .filter_map(|line| line.split('\t').next())
-            .map(str::to_owned)
-            .collect();
-        for pid in &pids {
-            let closed = tokio::process::Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "test cuts the worker off"])
-                .output()
-                .await
-                .expect("rabbitmqctl runs");
-            assert!(
-                closed.status.success(),
-                "{}",
-                String::from_utf8_lossy(&closed.stderr)
-            );
-        }
-        pids.len()
-    }
-}
-
-impl TestApp {
-    /// What `pushq-worker dead list` shows, without removing anything.
-    pub async fn dead_letters_peek(&self) -> pushq_worker::dead::DeadLetterList {
-        pushq_worker::dead::list(AMQP_URL, &self.topology, 1000)
-            .await
-            .expect("dead list")
-    }
-}
-
-impl ResultsProbe {
-    /// The next `count` result events, bounded by [`WAIT`].
-    pub async fn next(&mut self, count: usize) -> Vec<ResultEvent> {
-        let mut events = Vec::new();
-        while events.len() < count {
-            let delivery = tokio::time::timeout(WAIT, self.consumer.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "only {} of {count} results arrived: {events:#?}",
-                        events.len()
-                    )
-                })
-                .expect("probe open")
-                .expect("delivery");
-            let event = pushq_schemas::CloudEvent::from_structured(&delivery.data)
-                .expect("a structured result");
-            events.push(ResultEvent {
-                event_type: event.event_type,
-                subject: event.subject,
-                traceparent: event.traceparent,
-                data: serde_json::from_value(event.data.expect("data")).expect("a delivery result"),
-            });
-        }
-        events
-    }
-
-    /// Asserts nothing more arrives within `quiet`.
-    pub async fn none_within(&mut self, quiet: Duration) {
-        if let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.consumer.next()).await {
-            panic!(
-                "unexpected result: {}",
-                String::from_utf8_lossy(&delivery.data)
-            );
-        }
-    }
-
-    pub async fn close(self) {
-        let _ = self.channel.close(200, "done".into()).await;
-    }
 }

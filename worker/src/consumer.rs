@@ -1,56 +1,28 @@
-//! Consumes one queue and settles each message. This is the one place where a
-//! message is acked, dead-lettered or handed back.
+//! Consumes one queue and carries out each message's [`Outcome`]: the one
+//! place where anything is published for a message (its results, retries,
+//! chunks, dead letters, all with confirms) and where it is then acked,
+//! dead-lettered or handed back. The handlers only decide.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
+use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::publisher::{Origin, Publisher, epoch_ms_now};
-use super::{BrokerError, amqp_error};
-use crate::metrics::Metrics;
-use crate::pipeline::{FollowUp, Outcome, Pipeline, Received, Source};
+use crate::broker::BrokerError;
+use crate::broker::publisher::{Origin, Publisher, epoch_ms_now};
+use crate::pipeline::Pipeline;
+use crate::results;
+use crate::step::{FollowUp, Outcome, Received, Source};
 
 /// The most messages handled as one batch.
 const MAX_BATCH: usize = 64;
-
-/// Opens a channel with `prefetch` unacked messages and starts consuming.
-pub async fn open(
-    connection: &Connection,
-    queue: &str,
-    prefetch: u16,
-    consumer_tag: &str,
-) -> Result<(Channel, lapin::Consumer), BrokerError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(amqp_error("opening a consuming channel"))?;
-    // Prefetch is the replica's concurrency bound and its redelivery exposure:
-    // after a crash at most this many messages per queue come back.
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(amqp_error("setting the prefetch"))?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            consumer_tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp_error("starting a consumer"))?;
-    Ok((channel, consumer))
-}
 
 /// What every consumer of one connection shares.
 #[derive(Debug, Clone)]
@@ -65,7 +37,7 @@ pub struct Workers {
 
 /// Runs until `stop` is cancelled (then cancels the consumer and returns Ok)
 /// or the broker ends the consumer (an error: the caller reconnects). Each
-/// message is handled in its own task on `tracker`. The caller keeps the
+/// batch is handled in its own task on `tracker`. The caller keeps the
 /// channel open until those tasks are done: their acks travel on it.
 pub async fn run(
     channel: &Channel,
@@ -74,16 +46,10 @@ pub async fn run(
     source: Source,
     workers: Workers,
 ) -> Result<(), BrokerError> {
-    let Workers {
-        pipeline,
-        publisher,
-        tracker,
-        stop,
-    } = workers;
     loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => {
+            () = workers.stop.cancelled() => {
                 let tag = consumer.tag();
                 if let Err(err) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
                     tracing::warn!(queue, error = %err, "cancelling the consumer failed");
@@ -106,23 +72,10 @@ pub async fn run(
                             _ => break,
                         }
                     }
-                    let pipeline = pipeline.clone();
-                    let publisher = publisher.clone();
-                    let stop = stop.clone();
+                    let workers_now = workers.clone();
                     let queue = queue.clone();
-                    tracker.spawn(async move {
-                        let messages: Vec<Received<'_>> = batch
-                            .iter()
-                            .map(|delivery| {
-                                Received::new(&delivery.properties, &delivery.data, &queue)
-                            })
-                            .collect();
-                        let outcomes = pipeline.handle_many(source, &messages, &publisher).await;
-                        for ((delivery, message), outcome) in batch.iter().zip(messages).zip(outcomes) {
-                            settle(delivery, outcome, &publisher, pipeline.metrics(), &stop)
-                                .instrument(message.span)
-                                .await;
-                        }
+                    workers.tracker.spawn(async move {
+                        handle_batch(&batch, &queue, source, &workers_now).await;
                     });
                     if let Some(source) = failed {
                         return Err(BrokerError::Amqp { action: "consuming", source });
@@ -135,25 +88,60 @@ pub async fn run(
     }
 }
 
+async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: &Workers) {
+    let messages: Vec<Received<'_>> = batch
+        .iter()
+        .map(|delivery| Received::new(&delivery.properties, &delivery.data, queue))
+        .collect();
+    let pipeline = &workers.pipeline;
+    let outcomes = match source {
+        Source::Producer => pipeline.handle_many(&messages).await,
+        Source::Feedback => {
+            join_all(messages.iter().map(|message| {
+                crate::feedback::handle(pipeline.pool(), pipeline.metrics(), message)
+                    .instrument(message.span.clone())
+            }))
+            .await
+        }
+    };
+    // Settled side by side: their publishes pipeline on the channel, and a
+    // message handed back after a pause holds up none of the others.
+    join_all(
+        batch
+            .iter()
+            .zip(messages)
+            .zip(outcomes)
+            .map(|((delivery, message), outcome)| {
+                settle(delivery, outcome, workers).instrument(message.span)
+            }),
+    )
+    .await;
+}
+
 /// Acks only once the outcome is durable. A failure to ack or to dead-letter
 /// leaves the message unacked, so the broker redelivers it: nothing is lost.
-async fn settle(
-    delivery: &Delivery,
-    outcome: Outcome,
-    publisher: &Publisher,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) {
+async fn settle(delivery: &Delivery, outcome: Outcome, workers: &Workers) {
+    let Workers {
+        pipeline,
+        publisher,
+        stop,
+        ..
+    } = workers;
     let settled = match outcome {
-        Outcome::Ack { follow_ups } => {
-            match publish_follow_ups(follow_ups, publisher, metrics).await {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
-                Err(err) => {
-                    tracing::error!(error = %err, "could not publish a retry; handing the message back");
-                    requeue(delivery, Duration::from_secs(1), stop).await
-                }
+        Outcome::Ack {
+            follow_ups,
+            published,
+        } => match publish_follow_ups(follow_ups, publisher, pipeline).await {
+            Ok(()) => {
+                let acked = delivery.ack(BasicAckOptions::default()).await.map(drop);
+                pipeline.results_published(&published);
+                acked
             }
-        }
+            Err(err) => {
+                tracing::error!(error = %err, "could not publish what the message led to; handing it back");
+                requeue(delivery, Duration::from_secs(1), stop).await
+            }
+        },
         Outcome::DeadLetter(reason) => {
             tracing::warn!(kind = %reason.kind, error = %reason.message, "dead-lettering an event");
             let origin = Origin {
@@ -165,7 +153,7 @@ async fn settle(
                 .await
             {
                 Ok(()) => {
-                    metrics.dead_letter(reason.kind.as_str());
+                    pipeline.metrics().dead_letter(reason.kind.as_str());
                     delivery.ack(BasicAckOptions::default()).await.map(drop)
                 }
                 Err(err) => {
@@ -193,18 +181,31 @@ async fn settle(
     }
 }
 
-/// Retries go to their delay queue; exhausted ones to the dead-letter queue
-/// with the jobs queue as their origin, so a replay retries them.
+/// Results go to the results exchange (pipelined confirms), retries to the
+/// delay queues, chunks to the jobs queue, exhausted ones to the dead-letter
+/// queue with the jobs queue as their origin, so a replay retries them.
 async fn publish_follow_ups(
     follow_ups: Vec<FollowUp>,
     publisher: &Publisher,
-    metrics: &Metrics,
+    pipeline: &Pipeline,
 ) -> Result<(), BrokerError> {
     let topology = publisher.topology().clone();
     let properties = lapin::BasicProperties::default()
         .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into());
-    for follow_up in follow_ups {
+    let (result_events, others): (Vec<FollowUp>, Vec<FollowUp>) = follow_ups
+        .into_iter()
+        .partition(|follow_up| matches!(follow_up, FollowUp::Result { .. }));
+    let result_events: Vec<_> = result_events
+        .into_iter()
+        .filter_map(|follow_up| match follow_up {
+            FollowUp::Result { event } => Some(event),
+            _ => None,
+        })
+        .collect();
+    results::publish(publisher, &result_events).await?;
+    for follow_up in others {
         match follow_up {
+            FollowUp::Result { .. } => {}
             FollowUp::Retry { delay_ms, event } => {
                 publisher
                     .delay_until(
@@ -237,7 +238,7 @@ async fn publish_follow_ups(
                         &reason,
                     )
                     .await?;
-                metrics.dead_letter(reason.kind.as_str());
+                pipeline.metrics().dead_letter(reason.kind.as_str());
             }
         }
     }
