@@ -83,6 +83,17 @@ impl RetrySchedule {
         self.retry_after_max
     }
 
+    /// The longest delay this schedule ever asks for: a due time further
+    /// away than this was not set by a worker.
+    pub fn longest_delay(&self) -> Duration {
+        self.delays
+            .iter()
+            .copied()
+            .chain([self.retry_after_max])
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Attempts in all: the first plus one per configured delay.
     pub fn max_attempts(&self) -> u32 {
         u32::try_from(self.delays.len())
@@ -98,7 +109,7 @@ impl RetrySchedule {
     /// Decides the retry after attempt `attempt` (1-based) failed.
     /// `jitter` is uniform in [0, 1); `ttl_left` is what remains of the TTL.
     /// Full jitter: the delay is uniform over (0, base]; a Retry-After
-    /// (clamped) is a floor, waited exactly.
+    /// (clamped) replaces it, waited exactly.
     pub fn decide(
         &self,
         attempt: u32,
@@ -112,7 +123,8 @@ impl RetrySchedule {
         let base_ms = base.as_millis().max(1) as u64;
         let jittered = ((base_ms as f64 * (1.0 - jitter.clamp(0.0, 1.0))).ceil() as u64).max(1);
         let delay_ms = match retry_after {
-            Some(after) => jittered.max(self.clamp_retry_after(after).as_millis() as u64),
+            // The push service said when: exactly that, not our schedule.
+            Some(after) => self.clamp_retry_after(after).as_millis() as u64,
             None => jittered,
         };
         if Duration::from_millis(delay_ms) > ttl_left {
@@ -170,6 +182,12 @@ mod tests {
             s.decide(1, Some(Duration::from_secs(86_400)), 0.0, LONG),
             RetryDecision::After { delay_ms: 60_000 }
         );
+        // Shorter than the schedule's step: still exactly what was asked.
+        assert_eq!(
+            s.decide(2, Some(Duration::from_millis(300)), 0.0, LONG),
+            RetryDecision::After { delay_ms: 300 }
+        );
+        assert_eq!(s.longest_delay(), Duration::from_secs(60));
     }
 
     #[test]

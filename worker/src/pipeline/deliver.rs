@@ -55,7 +55,7 @@ impl Pipeline {
                     continue;
                 }
                 let origin = endpoint_origin(&recipient.endpoint);
-                match self.pauses.remaining(&origin) {
+                match self.pauses.remaining_for(&origin, recipient.id) {
                     // Not an attempt: the push service asked us to wait.
                     Some(pause) => batches[index].retry(recipient.id, duration_ms(pause)),
                     None => to_claim.push(Pending {
@@ -135,7 +135,8 @@ impl Pipeline {
             }
         }
         let payloads: Vec<Vec<u8>> = jobs.iter().map(|job| job.send.payload_bytes()).collect();
-        let answers: Vec<(Pending, u32, Span, Answer)> = stream::iter(to_send)
+        let concurrency = self.settings.fanout_concurrency.max(1);
+        let mut answers = stream::iter(to_send)
             .map(|(p, attempt, span)| {
                 let job = &jobs[p.job];
                 let payload = &payloads[p.job];
@@ -147,11 +148,24 @@ impl Pipeline {
                     (p, attempt, span, answer)
                 }
             })
-            .buffer_unordered(self.settings.fanout_concurrency.max(1))
-            .collect()
-            .await;
-        for (p, attempt, span, answer) in answers {
-            concluded.push(self.conclude_answer(&jobs[p.job], p, attempt, span, answer, batches));
+            .buffer_unordered(concurrency)
+            // Recorded as the answers come, not when the last one does: a
+            // replica that dies mid fan-out leaves unrecorded (and so sends
+            // again) only what was in flight, not everything it had sent.
+            .ready_chunks(concurrency);
+        while let Some(answered) = answers.next().await {
+            for (p, attempt, span, answer) in answered {
+                concluded.push(self.conclude_answer(
+                    &jobs[p.job],
+                    p,
+                    attempt,
+                    span,
+                    answer,
+                    batches,
+                ));
+            }
+            self.record(jobs, std::mem::take(&mut concluded), batches)
+                .await?;
         }
         self.record(jobs, concluded, batches).await
     }

@@ -109,14 +109,28 @@ impl Pipeline {
     /// a few per message. One outcome per message, in order.
     pub async fn handle_many(&self, messages: &[Received<'_>]) -> Vec<Outcome> {
         // A message back from a delay queue before its time goes on to the
-        // next hop; the rest are handled as one batch.
+        // next hop; the rest are handled as one batch. A due time further
+        // away than any this worker sets was not set by a worker: it is
+        // ignored rather than parking the message for ever.
         let now_ms = epoch_ms_now();
+        let latest_ms = now_ms.saturating_add(
+            u64::try_from(self.settings.schedule.longest_delay().as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_add(60_000),
+        );
         let mut outcomes: Vec<Option<Outcome>> = messages
             .iter()
             .map(|message| {
-                not_before_ms(message.properties)
-                    .filter(|due| *due >= now_ms + DUE_WITHIN_MS)
-                    .map(|not_before_ms| Outcome::Delay { not_before_ms })
+                let not_before_ms = not_before_ms(message.properties)?;
+                if not_before_ms > latest_ms {
+                    tracing::warn!(
+                        not_before_ms,
+                        "a due time no worker would set; handling the message now"
+                    );
+                    return None;
+                }
+                (not_before_ms >= now_ms + DUE_WITHIN_MS)
+                    .then_some(Outcome::Delay { not_before_ms })
             })
             .collect();
         let due: Vec<(usize, &Received<'_>)> = messages

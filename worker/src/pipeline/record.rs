@@ -168,6 +168,9 @@ impl Pipeline {
         mut concluded: Vec<Concluded>,
         batches: &mut [Batch],
     ) -> Result<(), StoreError> {
+        if concluded.is_empty() {
+            return Ok(());
+        }
         let outcomes: Vec<deliveries::Outcome> = concluded
             .iter()
             .filter(|c| !c.already_recorded)

@@ -1,9 +1,10 @@
-//! When a push service as a whole asked us to wait. A throttled answer
-//! (429, or a Retry-After) concerns one subscription: that delivery alone
-//! waits what it was asked. Only when many distinct subscriptions of one
-//! push service are throttled within a short window is the whole push
-//! service paused (a circuit breaker), and then for the shortest wait among
-//! them, so no delivery waits longer than the push service asked of any.
+//! Who a push service asked us to leave alone, and until when. A throttled
+//! answer (429, or any answer with a Retry-After) concerns one subscription:
+//! nothing more is sent to it, whatever the notification, until its wait is
+//! over. Only when many distinct subscriptions of one push service are
+//! throttled within a short window is the whole push service paused (a
+//! circuit breaker), and then for the shortest wait among them, so no
+//! delivery waits longer than the push service asked of any. Per replica.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -20,7 +21,12 @@ pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct OriginPauses {
     origins: Mutex<HashMap<String, Origin>>,
+    /// Subscriptions asked to wait, until when.
+    subscriptions: Mutex<HashMap<Uuid, Instant>>,
 }
+
+/// Above this many waiting subscriptions, the finished waits are dropped.
+const SUBSCRIPTIONS_BEFORE_PRUNING: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Origin {
@@ -45,6 +51,18 @@ impl OriginPauses {
         asked: Duration,
         now: Instant,
     ) -> Option<Duration> {
+        {
+            let mut waiting = self
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if waiting.len() >= SUBSCRIPTIONS_BEFORE_PRUNING {
+                waiting.retain(|_, until| *until > now);
+            }
+            let until = now + asked;
+            let entry = waiting.entry(subscription).or_insert(until);
+            *entry = (*entry).max(until);
+        }
         let mut origins = self.lock();
         origins.retain(|_, state| state.is_live(now));
         let state = origins.entry(origin.to_owned()).or_default();
@@ -74,6 +92,19 @@ impl OriginPauses {
             .paused_until?
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
+    }
+
+    /// How long a delivery to `subscription` at `origin` must still wait:
+    /// the longer of the push service's pause and the subscription's own.
+    pub fn remaining_for(&self, origin: &str, subscription: Uuid) -> Option<Duration> {
+        let own = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&subscription)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero());
+        own.max(self.remaining(origin))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Origin>> {
@@ -112,6 +143,13 @@ mod tests {
             );
         }
         assert_eq!(pauses.remaining(FCM), None);
+        assert!(
+            pauses
+                .remaining_for(FCM, device)
+                .is_some_and(|left| left > Duration::from_secs(25)),
+            "the device itself waits what it asked"
+        );
+        assert_eq!(pauses.remaining_for(FCM, Uuid::new_v4()), None);
     }
 
     #[test]

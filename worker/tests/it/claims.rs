@@ -67,3 +67,62 @@ async fn the_same_event_twice_during_a_long_fan_out_reaches_each_device_once() {
     assert!(app.process_mut().terminate().await.success());
     app.clean_up().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_fan_out_leaves_only_its_requests_in_flight_to_send_again() {
+    let _alone = crate::helpers::heavy().await;
+    let in_flight = 4;
+    let mut app = TestApp::spawn_process(&[
+        ("PUSHQ_MAX_IN_FLIGHT_PER_ORIGIN", "4"),
+        ("PUSHQ_FANOUT_CHUNK", "60"),
+    ])
+    .await;
+    let devices: Vec<BrowserSubscription> = (0..120).map(|_| app.browser()).collect();
+    for device in &devices {
+        let subscription = serde_json::from_value(device.to_json()).expect("a subscription");
+        app.producer
+            .register(&pushq_producer::SubscriptionRegister {
+                user: "many".into(),
+                subscription,
+                tags: vec![],
+            })
+            .await
+            .expect("registered");
+        app.fake
+            .answer_always(device, Reply::created().after(Duration::from_millis(100)));
+    }
+    app.wait_until("every device is registered", || async {
+        app.subscription_count().await == devices.len() as i64
+    })
+    .await;
+    let send = NotificationSend::new(Target::User("many".into()), Some(json!("fan-out")));
+    app.producer.send(&send).await.expect("published");
+    app.fake
+        .wait_for_received(devices.len() * 3 / 10, WAIT)
+        .await
+        .expect("the fan-out is under way");
+    // The only replica dies mid fan-out; the next one takes its work over.
+    assert!(!app.process_mut().stop_with("KILL").await.success());
+    let mut replica = app.spawn_replica().await;
+    app.fake
+        .wait_for_received(devices.len(), WAIT)
+        .await
+        .expect("every device reached");
+    let twice = devices
+        .iter()
+        .filter(|device| app.fake.received_by(device).len() > 1)
+        .count();
+    eprintln!(
+        "a replica killed mid fan-out: {twice} of {} devices got a second copy",
+        devices.len()
+    );
+    // Only what the killed replica had in flight (and answered but not yet
+    // recorded) may go out again: not the whole of its chunk.
+    assert!(
+        twice <= 2 * in_flight,
+        "{twice} devices got a second copy; at most {} were in flight",
+        in_flight
+    );
+    assert!(replica.terminate().await.success());
+    app.clean_up().await;
+}

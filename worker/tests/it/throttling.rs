@@ -175,3 +175,35 @@ async fn each_retry_waits_the_delay_its_result_announced() {
     results.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_asked_to_wait_gets_no_other_notification_until_its_wait_is_over() {
+    let app = TestApp::spawn_with(&[("PUSHQ_RETRY_DELAYS_MS", "100,100")]).await;
+    let device = app.browser();
+    app.fake.script(&device, [Reply::throttled(3)]);
+    send_to(&app, &device, "first").await;
+    app.fake
+        .wait_for_requests(1, WAIT)
+        .await
+        .expect("the 429 was answered");
+    let throttled_at = Instant::now();
+    send_to(&app, &device, "second").await;
+    let mut received = app.fake.watch_received();
+    tokio::time::timeout(WAIT, received.wait_for(|n| *n >= 2))
+        .await
+        .expect("both arrive in time")
+        .expect("the fake push service runs");
+    let first_after = app
+        .fake
+        .received_by(&device)
+        .iter()
+        .map(|push| push.at.saturating_duration_since(throttled_at))
+        .min()
+        .expect("arrivals");
+    eprintln!("the device asked to wait 3 s was next sent to {first_after:?} later");
+    assert!(
+        first_after >= Duration::from_millis(2900),
+        "sent to again {first_after:?} after it asked to be left alone for 3 s"
+    );
+    app.stop().await;
+}
