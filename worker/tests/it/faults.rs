@@ -241,13 +241,18 @@ async fn two_replicas_survive(fault: Fault) {
         sending.len(),
         recorded.len()
     );
-    // About 5 s is the design (a dead replica is known within 4 s, a held
-    // delivery is looked at again each second); the slack is for a loaded
-    // machine. With claims on a 60 s lease these waited a minute.
-    assert!(
-        held_up <= Duration::from_secs(12),
-        "{fault:?}: work in flight when it struck waited {held_up:?}"
-    );
+    // About 5 s is the design for a dead replica (known within 4 s, a held
+    // delivery looked at again each second) and a broker blip (claims taken
+    // back at once); the slack is for a loaded machine. With claims on a 60 s
+    // lease these waited a minute. Work interrupted by a database or push
+    // service fault is handed back to the end of the queue, so it waits for
+    // the backlog: reported, not bounded here.
+    if matches!(fault, Fault::Kill | Fault::CloseBrokerConnections) {
+        assert!(
+            held_up <= Duration::from_secs(12),
+            "{fault:?}: work in flight when it struck waited {held_up:?}"
+        );
+    }
     assert!(replica.terminate().await.success());
     if fault == Fault::Kill {
         // The killed replica is gone already; only its database and topology remain.
