@@ -151,7 +151,9 @@ impl App {
             beating.clone(),
         ));
         let exit = self.consume_until(&shutdown).await;
-        // Its claims are final or handed back with its messages by now.
+        // Its claims are final by now, or (past the grace period) its messages
+        // are handed back and the process ends: either way the others may
+        // take its claims at once rather than wait for it to be seen dead.
         beating.cancel();
         let _ = heartbeat.await;
         if let Err(err) = store::workers::leave(self.pool(), self.replica).await {
