@@ -192,16 +192,14 @@ async fn publish_follow_ups(
     let topology = publisher.topology().clone();
     let properties = lapin::BasicProperties::default()
         .with_content_type(pushq_schemas::STRUCTURED_CONTENT_TYPE.into());
-    let (result_events, others): (Vec<FollowUp>, Vec<FollowUp>) = follow_ups
-        .into_iter()
-        .partition(|follow_up| matches!(follow_up, FollowUp::Result { .. }));
-    let result_events: Vec<_> = result_events
-        .into_iter()
-        .filter_map(|follow_up| match follow_up {
-            FollowUp::Result { event } => Some(event),
-            _ => None,
-        })
-        .collect();
+    let mut result_events = Vec::new();
+    let mut others = Vec::new();
+    for follow_up in follow_ups {
+        match follow_up {
+            FollowUp::Result { event } => result_events.push(event),
+            other => others.push(other),
+        }
+    }
     results::publish(publisher, &result_events).await?;
     for follow_up in others {
         match follow_up {

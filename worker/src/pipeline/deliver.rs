@@ -308,16 +308,10 @@ impl Pipeline {
                 ),
                 Some(response.status),
             )),
-            Err(err) => match classify_error(&err) {
-                Some(verdict) => {
-                    tracing::debug!(push_service = %origin, error = %err, "no answer from the push service");
-                    Ok((verdict, None))
-                }
-                None => Err(match err {
-                    crate::push::DeliveryError::Deferred(wait) => wait,
-                    _ => Duration::ZERO,
-                }),
-            },
+            Err(err) => classify_error(&err).map(|verdict| {
+                tracing::debug!(push_service = %origin, error = %err, "no answer from the push service");
+                (verdict, None)
+            }),
         }
     }
 

@@ -50,10 +50,10 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) 
 }
 
 /// What no answer means: a timeout or a broken connection may pass, a
-/// refused endpoint or keys we cannot encrypt for will not. `None` for a
+/// refused endpoint or keys we cannot encrypt for will not. `Err(wait)` for a
 /// deferral by our own rate limit, which is not an attempt at all.
-pub fn classify_error(err: &DeliveryError) -> Option<Verdict> {
-    Some(match err {
+pub fn classify_error(err: &DeliveryError) -> Result<Verdict, Duration> {
+    Ok(match err {
         DeliveryError::Timeout => Verdict::Retry {
             reason: ResultReason::Timeout,
             after: None,
@@ -66,7 +66,7 @@ pub fn classify_error(err: &DeliveryError) -> Option<Verdict> {
         DeliveryError::Encrypt(_) | DeliveryError::Keys(_) | DeliveryError::Vapid => {
             Verdict::Failed(ResultReason::BadRequest)
         }
-        DeliveryError::Deferred(_) => return None,
+        DeliveryError::Deferred(wait) => return Err(*wait),
     })
 }
 

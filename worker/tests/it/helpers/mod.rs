@@ -3,6 +3,11 @@
 mod process;
 mod results;
 
+mod messages;
+
+pub use messages::{
+    DeadLetter, assert_dead_letter_kinds, binary_properties, new_id, structured_properties,
+};
 pub use process::WorkerProcess;
 pub use results::ResultEvent;
 
@@ -14,7 +19,7 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use pushq_fake_push::{BrowserSubscription, FakePushService};
 use pushq_producer::{Producer, PushSubscription, SubscriptionRegister};
@@ -441,56 +446,4 @@ pub async fn drop_database(database: &str) {
     .execute(&mut admin)
     .await
     .expect("database dropped");
-}
-
-/// Asserts that the letters' kinds are exactly `expected` in any order, each
-/// with a sentence saying why.
-pub fn assert_dead_letter_kinds(
-    letters: &[DeadLetter],
-    expected: impl IntoIterator<Item = &'static str>,
-) {
-    let mut kinds: Vec<&str> = letters.iter().map(|letter| letter.kind.as_str()).collect();
-    kinds.sort_unstable();
-    let mut expected: Vec<&str> = expected.into_iter().collect();
-    expected.sort_unstable();
-    assert_eq!(kinds, expected);
-    for letter in letters {
-        assert!(!letter.error.is_empty(), "{} has no sentence", letter.kind);
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub kind: String,
-    pub error: String,
-    pub body: Vec<u8>,
-    pub headers: FieldTable,
-}
-
-/// Binary-mode properties: attributes as `{prefix}{name}` headers.
-pub fn binary_properties(
-    prefix: &str,
-    attributes: &[(&str, &str)],
-    content_type: Option<&str>,
-) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    for (name, value) in attributes {
-        headers.insert(
-            ShortString::from(format!("{prefix}{name}")),
-            AMQPValue::LongString(LongString::from(*value)),
-        );
-    }
-    let properties = BasicProperties::default().with_headers(headers);
-    match content_type {
-        Some(content_type) => properties.with_content_type(content_type.into()),
-        None => properties,
-    }
-}
-
-pub fn structured_properties() -> BasicProperties {
-    BasicProperties::default().with_content_type("application/cloudevents+json".into())
-}
-
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
