@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
-use pushq_schemas::{InvalidKind, ResultType};
+use pushq_schemas::{InvalidKind, ResultReason, ResultType};
 
 const DELIVERIES: &str = "pushq_deliveries_total";
 const PUSH_DURATION: &str = "pushq_push_duration_seconds";
@@ -17,6 +17,7 @@ const DEAD_LETTERS: &str = "pushq_dead_letters_total";
 const IN_FLIGHT: &str = "pushq_in_flight";
 const RATE_LIMIT_WAIT: &str = "pushq_rate_limit_wait_seconds";
 const SUBSCRIPTIONS_DELETED: &str = "pushq_subscriptions_deleted_total";
+const SENDER_FAULTS: &str = "pushq_sender_faults_total";
 
 /// A push service answers in tens of milliseconds when healthy and is cut off
 /// by the request timeout (20 s) when not.
@@ -76,6 +77,10 @@ impl Metrics {
             (
                 SUBSCRIPTIONS_DELETED,
                 "Stored subscriptions deleted: gone, failing, or expired.",
+            ),
+            (
+                SENDER_FAULTS,
+                "Deliveries refused for the sender's fault (our VAPID credentials, the notification), by reason; the subscription is kept.",
             ),
         ] {
             recorder.describe_counter(name.into(), None, SharedString::const_str(help));
@@ -165,6 +170,18 @@ impl Metrics {
             )
             .increment(count);
         }
+    }
+
+    /// A push service refused our credentials or the notification itself.
+    pub fn sender_fault(&self, reason: ResultReason, push_service: &str) {
+        self.counter(
+            SENDER_FAULTS,
+            vec![
+                Label::from_static_parts("reason", reason.as_str()),
+                Label::new("push_service", push_service.to_owned()),
+            ],
+        )
+        .increment(1);
     }
 
     /// Counts one request in flight until the guard is dropped.

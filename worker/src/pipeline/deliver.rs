@@ -15,6 +15,7 @@ use tracing::{Instrument, Span};
 use super::Pipeline;
 use super::job::{Job, Recipient};
 use super::record::{Batch, Concluded};
+use crate::push::classify::is_senders_fault;
 use crate::push::{PushMessage, Verdict, classify_error, classify_status};
 use crate::retry::{Conclusion, conclude};
 use crate::step::Outcome;
@@ -225,8 +226,13 @@ impl Pipeline {
                 (DeliveryStatus::Gone, Some(ResultReason::Gone), None)
             }
             Conclusion::Failed(reason) => {
+                if is_senders_fault(reason) {
+                    self.metrics().sender_fault(reason, &origin);
+                }
                 if matches!(reason, ResultReason::Unauthorized | ResultReason::Forbidden) {
-                    tracing::error!(push_service = %origin, status, "the push service refused our VAPID credentials: check PUSHQ_VAPID_PRIVATE_KEY and PUSHQ_VAPID_SUBJECT");
+                    tracing::error!(push_service = %origin, status, "the push service refused our VAPID credentials: check PUSHQ_VAPID_PRIVATE_KEY and PUSHQ_VAPID_SUBJECT; the subscription is kept");
+                } else if is_senders_fault(reason) {
+                    tracing::error!(%event_id, push_service = %origin, status, reason = reason.as_str(), "the push service refused the notification itself; no retry can help and the subscription is kept");
                 } else {
                     tracing::warn!(%event_id, push_service = %origin, status, reason = reason.as_str(), "delivery failed");
                 }

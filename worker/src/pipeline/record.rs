@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::Pipeline;
 use super::deliver::Pending;
 use super::job::{Job, Recipient};
+use crate::push::classify::is_subscriptions_own;
 use crate::results;
 use crate::step::{FollowUp, Outcome};
 use crate::store::StoreError;
@@ -92,10 +93,16 @@ impl Concluded {
         }
     }
 
+    /// Only the subscription's own failures count against it (push/classify.rs).
     fn health(&self) -> Health {
-        match (self.recipient.stored, self.status) {
-            (true, DeliveryStatus::Delivered) => Health::Success,
-            (true, DeliveryStatus::Failed | DeliveryStatus::Exhausted) => Health::Failure,
+        if !self.recipient.stored {
+            return Health::Unchanged;
+        }
+        match (self.status, self.reason) {
+            (DeliveryStatus::Delivered, _) => Health::Success,
+            (DeliveryStatus::Failed, Some(reason)) if is_subscriptions_own(reason) => {
+                Health::Failure
+            }
             _ => Health::Unchanged,
         }
     }

@@ -70,6 +70,32 @@ pub fn classify_error(err: &DeliveryError) -> Result<Verdict, Duration> {
     })
 }
 
+/// Whether a failure with `reason` is the subscription's own, so that it
+/// counts towards `PUSHQ_MAX_CONSECUTIVE_FAILURES` (DESIGN §4). Only an
+/// answer that singles out this endpoint does: `unexpected_status` (a
+/// redirect, a 200, a 405: the endpoint no longer leads to a push service).
+/// Everything else is ours or passing, and would empty the table if it
+/// counted: 401/403 refuse our VAPID key or subject, 400/413 the
+/// notification, `endpoint_refused` our own policy, an encryption or signing
+/// error our side, and `retries_exhausted` a push service's outage. A gone
+/// subscription (404/410) is deleted at once, without counting.
+pub fn is_subscriptions_own(reason: ResultReason) -> bool {
+    matches!(reason, ResultReason::UnexpectedStatus)
+}
+
+/// Whether a failure with `reason` is the sender's: our credentials or the
+/// notification itself, which no retry and no other subscription fixes. These
+/// are logged as errors and counted in `pushq_sender_faults_total`.
+pub fn is_senders_fault(reason: ResultReason) -> bool {
+    matches!(
+        reason,
+        ResultReason::Unauthorized
+            | ResultReason::Forbidden
+            | ResultReason::BadRequest
+            | ResultReason::PayloadTooLarge
+    )
+}
+
 /// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date in
 /// the past means "now".
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -122,6 +148,32 @@ mod tests {
                 Verdict::Failed(ResultReason::UnexpectedStatus),
                 "{status}"
             );
+        }
+    }
+
+    #[test]
+    fn only_an_endpoint_that_is_no_push_service_counts_against_its_subscription() {
+        use ResultReason::*;
+        let counted: Vec<ResultReason> = [
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            PayloadTooLarge,
+            Throttled,
+            ServerError,
+            Timeout,
+            ConnectionError,
+            EndpointRefused,
+            RetriesExhausted,
+            Expired,
+            UnexpectedStatus,
+        ]
+        .into_iter()
+        .filter(|reason| is_subscriptions_own(*reason))
+        .collect();
+        assert_eq!(counted, [UnexpectedStatus]);
+        for reason in [Unauthorized, Forbidden, BadRequest, PayloadTooLarge] {
+            assert!(is_senders_fault(reason) && !is_subscriptions_own(reason));
         }
     }
 

@@ -12,6 +12,7 @@ mod dead_letters;
 mod delivery;
 mod demo;
 mod faults;
+mod health;
 mod helpers;
 mod hostile_endpoints;
 mod hostile_input;
