@@ -11,6 +11,9 @@ use super::{BrokerError, amqp_error};
 
 pub const ERROR_HEADER: &str = "x-pushq-error";
 pub const ERROR_KIND_HEADER: &str = "x-pushq-error-kind";
+/// When a worker first received a message it passes on (epoch milliseconds):
+/// the TTL clock of an event without `time` survives the hand-over.
+pub const FIRST_RECEIVED_HEADER: &str = "x-pushq-first-received";
 /// Where a dead letter was first published, so a replay sends it back there.
 pub const ORIGIN_EXCHANGE_HEADER: &str = "x-pushq-exchange";
 pub const ORIGIN_ROUTING_KEY_HEADER: &str = "x-pushq-routing-key";
@@ -132,13 +135,21 @@ impl Publisher {
         properties: BasicProperties,
         not_before_ms: u64,
     ) -> Result<(), BrokerError> {
-        let remaining = not_before_ms.saturating_sub(epoch_ms_now());
+        let now_ms = epoch_ms_now();
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        if !headers.contains_key(FIRST_RECEIVED_HEADER) {
+            headers.insert(
+                ShortString::from(FIRST_RECEIVED_HEADER),
+                AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)),
+            );
+        }
+        let properties = republished(&properties).with_headers(headers.clone());
+        let remaining = not_before_ms.saturating_sub(now_ms);
         let Some(hop) = next_hop(remaining) else {
             return self
                 .publish("", &self.topology.due_queue(), body, properties)
                 .await;
         };
-        let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
             ShortString::from(NOT_BEFORE_HEADER),
             AMQPValue::LongLongInt(i64::try_from(not_before_ms).unwrap_or(i64::MAX)),
@@ -179,13 +190,57 @@ impl Publisher {
             ShortString::from(ERROR_KIND_HEADER),
             AMQPValue::LongString(LongString::from(reason.kind.as_str())),
         );
-        let properties = properties.clone().with_headers(headers);
+        let properties = republished(properties).with_headers(headers);
         self.publish("", &self.topology.dead_queue(), body, properties)
             .await
     }
 }
 
-/// A header's text, whatever string type it arrived as.
+/// A message's properties as the worker publishes it again: without its
+/// `expiration` (a dead letter must not expire out of `pushq.dead`, and a
+/// delayed message must not leave its delay queue early) and without its
+/// `user-id` (the broker checks it against the publishing connection's user,
+/// which is the worker's, not the producer's).
+fn republished(properties: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    if let Some(value) = properties.content_type() {
+        copy = copy.with_content_type(value.clone());
+    }
+    if let Some(value) = properties.content_encoding() {
+        copy = copy.with_content_encoding(value.clone());
+    }
+    if let Some(value) = properties.headers() {
+        copy = copy.with_headers(value.clone());
+    }
+    if let Some(value) = properties.priority() {
+        copy = copy.with_priority(*value);
+    }
+    if let Some(value) = properties.correlation_id() {
+        copy = copy.with_correlation_id(value.clone());
+    }
+    if let Some(value) = properties.reply_to() {
+        copy = copy.with_reply_to(value.clone());
+    }
+    if let Some(value) = properties.message_id() {
+        copy = copy.with_message_id(value.clone());
+    }
+    if let Some(value) = properties.timestamp() {
+        copy = copy.with_timestamp(*value);
+    }
+    if let Some(value) = properties.kind() {
+        copy = copy.with_type(value.clone());
+    }
+    if let Some(value) = properties.app_id() {
+        copy = copy.with_app_id(value.clone());
+    }
+    copy
+}
+
+/// When a worker first received this message, if one passed it on before.
+pub fn first_received_ms(properties: &BasicProperties) -> Option<u64> {
+    header_ms(properties, FIRST_RECEIVED_HEADER)
+}
+
 /// Milliseconds since the Unix epoch, as the delay header counts them.
 pub fn epoch_ms_now() -> u64 {
     std::time::SystemTime::now()
@@ -197,12 +252,11 @@ pub fn epoch_ms_now() -> u64 {
 
 /// When a delayed message is due, from its [`NOT_BEFORE_HEADER`].
 pub fn not_before_ms(properties: &BasicProperties) -> Option<u64> {
-    match properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(NOT_BEFORE_HEADER)?
-    {
+    header_ms(properties, NOT_BEFORE_HEADER)
+}
+
+fn header_ms(properties: &BasicProperties, name: &str) -> Option<u64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
         AMQPValue::LongUInt(ms) => Some(u64::from(*ms)),
         AMQPValue::LongInt(ms) => u64::try_from(*ms).ok(),
@@ -211,6 +265,7 @@ pub fn not_before_ms(properties: &BasicProperties) -> Option<u64> {
     }
 }
 
+/// A header's text, whatever string type it arrived as.
 pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     match headers?.inner().get(name)? {
         AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),

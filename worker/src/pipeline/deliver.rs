@@ -67,7 +67,8 @@ impl Pipeline {
                 }
             }
         }
-        match self.attempt_all(&jobs, to_claim, &mut batches).await {
+        let mut jobs = jobs;
+        match self.attempt_all(&mut jobs, to_claim, &mut batches).await {
             Ok(()) => batches
                 .into_iter()
                 .zip(&jobs)
@@ -82,7 +83,7 @@ impl Pipeline {
 
     async fn attempt_all(
         &self,
-        jobs: &[Job],
+        jobs: &mut [Job],
         pending: Vec<Pending>,
         batches: &mut [Batch],
     ) -> Result<(), StoreError> {
@@ -101,15 +102,25 @@ impl Pipeline {
             .map(|p| (jobs[p.job].key(&p.recipient), jobs[p.job].replay))
             .collect();
         let claims = deliveries::claim_many(&self.pool, &keys, self.settings.replica).await?;
+        for p in &pending {
+            let key = jobs[p.job].key(&p.recipient);
+            if let Some(Claim::Granted {
+                attempt: 2..,
+                first_claimed,
+            }) = claims.get(&key)
+            {
+                jobs[p.job].received_no_later_than(*first_claimed);
+            }
+        }
+        let jobs: &[Job] = jobs;
         let mut concluded: Vec<Concluded> = Vec::new();
         let mut to_send = Vec::new();
         for p in pending {
             let job = &jobs[p.job];
             match claims.get(&job.key(&p.recipient)).copied() {
-                Some(Claim::Granted { attempt }) => {
+                Some(Claim::Granted { attempt, .. }) => {
                     let span = deliver_span(job, &p.origin, attempt);
-                    // Whole seconds, as the TTL header counts them: a TTL of 0 is sent once.
-                    if job.age().as_secs() > u64::from(job.send.ttl) {
+                    if job.expired() {
                         span.in_scope(|| tracing::info!(event_id = %job.notification.id, push_service = %p.origin, "TTL passed before delivery; expired"));
                         concluded.push(Concluded::new(
                             p,
@@ -300,7 +311,7 @@ impl Pipeline {
                 p256dh: &recipient.p256dh,
                 auth: &recipient.auth,
                 payload,
-                ttl_seconds: u32::try_from(job.ttl_left().as_secs()).unwrap_or(u32::MAX),
+                ttl_seconds: job.ttl_header(),
                 urgency: job.send.urgency,
                 topic: job.send.topic.as_deref(),
             })
@@ -340,20 +351,28 @@ impl Pipeline {
 /// It carries the push service's host only: never the endpoint's path, which
 /// identifies the browser.
 fn deliver_span(job: &Job, origin: &str, attempt: u32) -> Span {
-    let host = url::Url::parse(origin)
-        .ok()
+    let url = url::Url::parse(origin).ok();
+    let host = url
+        .as_ref()
         .and_then(|url| url.host_str().map(str::to_owned))
         .unwrap_or_default();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         parent: &job.span,
         "pushq.deliver",
         otel.kind = "client",
         otel.status_code = Empty,
         server.address = host,
+        server.port = Empty,
         pushq.attempt = attempt,
         http.response.status_code = Empty,
         pushq.outcome = Empty,
-    )
+    );
+    // Semantic conventions: required when not the scheme's default, so two
+    // push services on one host can be told apart.
+    if let Some(port) = url.as_ref().and_then(url::Url::port) {
+        span.record("server.port", port);
+    }
+    span
 }
 
 pub(super) fn duration_ms(duration: Duration) -> u64 {

@@ -60,6 +60,34 @@ impl Job {
         Duration::from_secs(u64::from(self.send.ttl)).saturating_sub(self.age())
     }
 
+    /// Past its TTL: never sent. A TTL of 0 ("now or never") is sent once
+    /// within its first second; any other is sent while a part of a second is
+    /// left, so the `TTL` header is never 0 for a notification that had more.
+    pub fn expired(&self) -> bool {
+        let ttl = Duration::from_secs(u64::from(self.send.ttl));
+        self.age() >= ttl.max(Duration::from_secs(1))
+    }
+
+    /// The `TTL` header: what is left, in whole seconds rounded up, so a
+    /// notification sent at once carries exactly the TTL its producer asked.
+    pub fn ttl_header(&self) -> u32 {
+        let left = self.ttl_left();
+        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        u32::try_from(seconds)
+            .unwrap_or(u32::MAX)
+            .min(self.send.ttl)
+    }
+
+    /// An event without `time` counts its TTL from its first receipt; a
+    /// delivery row older than this receipt (a redelivery after a crash) is
+    /// an earlier one.
+    pub fn received_no_later_than(&mut self, first_claimed: DateTime<Utc>) {
+        if self.notification.time.is_none() && first_claimed < self.ttl_started {
+            self.ttl_started = first_claimed;
+            self.first_received = first_claimed;
+        }
+    }
+
     pub fn key(&self, recipient: &Recipient) -> deliveries::Key {
         deliveries::Key {
             event_id: self.notification.id.clone(),
@@ -218,6 +246,54 @@ mod tests {
     use pushq_schemas::event_types;
 
     use super::*;
+
+    fn job_aged(ttl: u32, age: Duration) -> Job {
+        let mut send = NotificationSend::new(Target::User("u".into()), Some(json!("hi")));
+        send.ttl = ttl;
+        let mut notification = CloudEvent::new(
+            event_types::NOTIFICATION_SEND,
+            "/tests",
+            serde_json::to_value(&send).expect("send"),
+        );
+        let sent = Utc::now() - chrono::Duration::from_std(age).expect("age");
+        notification.time = Some(sent);
+        Job::new(Span::none(), notification, send, sent, false)
+    }
+
+    #[test]
+    fn the_ttl_header_is_what_the_producer_asked_when_no_time_has_passed() {
+        for ttl in [86_400, 120, 1] {
+            assert_eq!(job_aged(ttl, Duration::from_millis(300)).ttl_header(), ttl);
+        }
+        assert_eq!(job_aged(10, Duration::from_millis(9_500)).ttl_header(), 1);
+        assert_eq!(job_aged(0, Duration::ZERO).ttl_header(), 0);
+    }
+
+    #[test]
+    fn a_notification_whose_ttl_ran_out_is_never_sent_with_ttl_zero() {
+        assert!(job_aged(120, Duration::from_millis(120_500)).expired());
+        assert!(job_aged(120, Duration::from_secs(120)).expired());
+        assert!(!job_aged(120, Duration::from_millis(119_900)).expired());
+        // "Now or never" is sent once, within its first second.
+        assert!(!job_aged(0, Duration::from_millis(200)).expired());
+        assert!(job_aged(0, Duration::from_millis(1_500)).expired());
+    }
+
+    #[test]
+    fn an_event_without_time_keeps_its_first_receipt() {
+        let mut job = job_aged(60, Duration::ZERO);
+        let claimed = Utc::now() - chrono::Duration::seconds(30);
+        job.received_no_later_than(claimed);
+        assert!(job.ttl_header() > 59, "the event's own time rules");
+        job.notification.time = None;
+        job.received_no_later_than(claimed);
+        assert_eq!(job.ttl_started, claimed);
+        assert!(
+            (29..=30).contains(&job.ttl_header()),
+            "{}",
+            job.ttl_header()
+        );
+    }
 
     fn internal(event_type: &str, data: serde_json::Value) -> CloudEvent {
         CloudEvent::new(event_type, "/tests", data)

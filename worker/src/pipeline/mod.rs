@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::broker::decode::decode;
-use crate::broker::publisher::{epoch_ms_now, header_str, not_before_ms};
+use crate::broker::publisher::{epoch_ms_now, first_received_ms, header_str, not_before_ms};
 use crate::metrics::Metrics;
 use crate::push::{OriginPauses, PushClient};
 use crate::retry::RetrySchedule;
@@ -171,7 +171,10 @@ impl Pipeline {
             }
         };
         let prepared = join_all(messages.iter().zip(decoded).map(|(message, event)| {
-            self.prepare(message, event, &known, received_at)
+            let first_received = first_received_ms(message.properties)
+                .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?))
+                .map_or(received_at, |passed_on| passed_on.min(received_at));
+            self.prepare(message, event, &known, first_received)
                 .instrument(message.span.clone())
         }))
         .await;

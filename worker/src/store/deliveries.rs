@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use pushq_schemas::ResultReason;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -71,8 +72,12 @@ pub struct Recorded {
 /// The answer to "may I send this now?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Yours, for this 1-based attempt.
-    Granted { attempt: u32 },
+    /// Yours, for this 1-based attempt; `first_claimed` is when the delivery
+    /// was first claimed (by any replica).
+    Granted {
+        attempt: u32,
+        first_claimed: DateTime<Utc>,
+    },
     /// Already final: skip it (publishing its result if that was missed).
     Done(Recorded),
     /// A live replica holds the claim (it may be sending right now).
@@ -138,7 +143,7 @@ pub async fn claim_many(
     let event_ids: Vec<&str> = keys.iter().map(|(key, _)| key.event_id.as_str()).collect();
     let ids: Vec<Uuid> = keys.iter().map(|(key, _)| key.subscription_id).collect();
     let replays: Vec<bool> = keys.iter().map(|(_, replay)| *replay).collect();
-    let granted: Vec<(String, Uuid, i32)> = sqlx::query_as(
+    let granted: Vec<(String, Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO deliveries AS d (event_id, subscription_id, status, attempts, claimed_by)
          SELECT event_id, id, 'sending', 1, $4
          FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS input(event_id, id, replay)
@@ -156,7 +161,7 @@ pub async fn claim_many(
             OR (d.status = 'exhausted' AND EXISTS (
                     SELECT 1 FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS r(event_id, id, replay)
                     WHERE r.replay AND r.event_id = d.event_id AND r.id = d.subscription_id))
-         RETURNING event_id, subscription_id, attempts",
+         RETURNING event_id, subscription_id, attempts, created_at",
     )
     .bind(&event_ids)
     .bind(&ids)
@@ -168,7 +173,7 @@ pub async fn claim_many(
     .map_err(db_error("claiming deliveries"))?;
     let mut claims: HashMap<Key, Claim> = granted
         .into_iter()
-        .map(|(event_id, subscription_id, attempts)| {
+        .map(|(event_id, subscription_id, attempts, first_claimed)| {
             (
                 Key {
                     event_id,
@@ -176,6 +181,7 @@ pub async fn claim_many(
                 },
                 Claim::Granted {
                     attempt: u32::try_from(attempts).unwrap_or(1),
+                    first_claimed,
                 },
             )
         })

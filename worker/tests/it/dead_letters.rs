@@ -41,7 +41,9 @@ async fn each_invalid_event_is_dead_lettered_with_its_reason_and_good_ones_flow_
         ShortString::from("x-custom"),
         AMQPValue::LongString(LongString::from("kept")),
     );
-    custom = custom.with_headers(headers);
+    // A producer's message TTL must not make its dead letter expire out of
+    // the dead-letter queue.
+    custom = custom.with_headers(headers).with_expiration("60000".into());
 
     let cases: Vec<(&str, &str, BasicProperties, Vec<u8>)> = vec![
         (
@@ -160,6 +162,10 @@ async fn each_invalid_event_is_dead_lettered_with_its_reason_and_good_ones_flow_
         .find(|letter| letter.headers.inner().contains_key("x-custom"))
         .expect("the binary event kept its own headers");
     assert_eq!(binary.kind, "invalid_data");
+    assert!(
+        letters.iter().all(|letter| letter.expiration.is_none()),
+        "a dead letter kept the message's expiration"
+    );
     assert!(binary.headers.inner().contains_key("cloudEvents_id"));
     // Nothing was stored for the refused registration.
     let stored = app.subscription_count().await;

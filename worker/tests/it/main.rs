@@ -18,6 +18,7 @@ mod hostile_endpoints;
 mod hostile_input;
 mod outcomes;
 mod proxy;
+mod redelivery;
 mod secrets;
 mod subscriptions;
 mod telemetry;

@@ -185,6 +185,8 @@ async fn a_notification_is_one_trace_from_the_producer_span_to_the_push_service(
         (&delivered, "2", "201", "succeeded"),
     ] {
         assert_eq!(deliver.attribute("server.address"), Some("127.0.0.1"));
+        let port = app.fake.addr().port().to_string();
+        assert_eq!(deliver.attribute("server.port"), Some(port.as_str()));
         assert_eq!(deliver.attribute("pushq.attempt"), Some(number));
         assert_eq!(deliver.attribute("http.response.status_code"), Some(status));
         assert_eq!(deliver.attribute("pushq.outcome"), Some(outcome));

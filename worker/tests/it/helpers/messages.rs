@@ -26,6 +26,8 @@ pub struct DeadLetter {
     pub error: String,
     pub body: Vec<u8>,
     pub headers: FieldTable,
+    /// The AMQP `expiration` property: a dead letter must never carry one.
+    pub expiration: Option<String>,
 }
 
 /// Binary-mode properties: attributes as `{prefix}{name}` headers.

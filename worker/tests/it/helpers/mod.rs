@@ -329,6 +329,11 @@ impl TestApp {
                 error: text("x-pushq-error"),
                 body: delivery.data.clone(),
                 headers: headers.clone(),
+                expiration: delivery
+                    .properties
+                    .expiration()
+                    .as_ref()
+                    .map(|expiration| expiration.to_string()),
             });
             delivery.ack(BasicAckOptions::default()).await.expect("ack");
         }
