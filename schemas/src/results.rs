@@ -91,6 +91,10 @@ impl ResultReason {
 pub struct DeliveryResult {
     /// The `id` of the `pushq.notification.send` event.
     pub notification: String,
+    /// Its `source`: with `notification`, the event's identity (CloudEvents
+    /// 1.0). Empty in results of workers older than this field.
+    #[serde(default)]
+    pub notification_source: String,
     /// The stored subscription's id; null for a one-off subscription.
     #[serde(deserialize_with = "Option::deserialize")]
     pub subscription: Option<String>,

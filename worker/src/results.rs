@@ -1,6 +1,6 @@
 //! Result events (DESIGN §2.1): one per outcome, published to the results
 //! exchange with a confirm before the job is acked. Ids are derived from
-//! (notification, subscription, attempt, type), so a repeat after a crash has
+//! (notification source and id, subscription, attempt, type), so a repeat after a crash has
 //! the same id and consumers can drop it.
 
 use pushq_schemas::{CloudEvent, DeliveryResult, ResultType};
@@ -34,6 +34,7 @@ pub fn result_event(
     let subscription = data.subscription.as_deref().unwrap_or("-");
     let attempt = data.attempt.to_string();
     let id = derived_id(&[
+        &data.notification_source,
         &data.notification,
         subscription,
         &attempt,
@@ -85,6 +86,7 @@ mod tests {
     fn result_ids_are_stable_and_distinct_per_type_and_attempt() {
         let data = DeliveryResult {
             notification: "n1".into(),
+            notification_source: "/orders".into(),
             subscription: Some("s1".into()),
             user: None,
             push_service: "https://fcm.googleapis.com".into(),
@@ -105,7 +107,17 @@ mod tests {
             "/w1",
             None,
         );
+        let other_source = result_event(
+            ResultType::Succeeded,
+            &DeliveryResult {
+                notification_source: "/billing".into(),
+                ..data.clone()
+            },
+            "/w1",
+            None,
+        );
         assert_eq!(a.id, again.id);
+        assert_ne!(a.id, other_source.id, "id \"n1\" of two services");
         assert_ne!(a.id, other_type.id);
         assert_ne!(a.id, second.id);
         assert_eq!(a.subject.as_deref(), Some("s1"));

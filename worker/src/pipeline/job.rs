@@ -90,6 +90,7 @@ impl Job {
 
     pub fn key(&self, recipient: &Recipient) -> deliveries::Key {
         deliveries::Key {
+            event_source: self.notification.source.clone(),
             event_id: self.notification.id.clone(),
             subscription_id: recipient.id,
         }

@@ -99,7 +99,7 @@ impl Pipeline {
     /// that a redelivery does not publish them again.
     pub fn results_published(&self, keys: &[deliveries::Key]) {
         for key in keys {
-            self.marks.mark(&key.event_id, key.subscription_id);
+            self.marks.mark(key);
         }
     }
 

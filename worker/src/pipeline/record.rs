@@ -182,8 +182,7 @@ impl Pipeline {
             .iter()
             .filter(|c| !c.already_recorded)
             .map(|c| deliveries::Outcome {
-                event_id: jobs[c.job].notification.id.clone(),
-                subscription_id: c.recipient.id,
+                key: jobs[c.job].key(&c.recipient),
                 status: c.status,
                 http_status: c.http_status,
                 reason: c.reason,
@@ -234,6 +233,7 @@ impl Pipeline {
             }
             let data = DeliveryResult {
                 notification: job.notification.id.clone(),
+                notification_source: job.notification.source.clone(),
                 subscription: c.recipient.stored.then(|| c.recipient.id.to_string()),
                 user: c.recipient.user.clone(),
                 push_service: c.origin.clone(),

@@ -110,6 +110,7 @@ impl Pipeline {
         tracing::info!(event_id = %job.notification.id, target = job.send.to.kind(), "no subscription matches; skipped");
         let data = DeliveryResult {
             notification: job.notification.id.clone(),
+            notification_source: job.notification.source.clone(),
             subscription: None,
             user: match &job.send.to {
                 Target::User(user) => Some(user.clone()),

@@ -70,6 +70,7 @@ mod tests {
 
     fn key(n: u8) -> Key {
         Key {
+            event_source: "/tests".into(),
             event_id: format!("e{n}"),
             subscription_id: uuid::Uuid::from_bytes([n; 16]),
         }

@@ -111,8 +111,7 @@ impl Health {
 /// The outcome of one attempt, for [`record_many`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    pub event_id: String,
-    pub subscription_id: Uuid,
+    pub key: Key,
     pub status: DeliveryStatus,
     pub http_status: Option<u16>,
     pub reason: Option<ResultReason>,
@@ -122,11 +121,28 @@ pub struct Outcome {
     pub attempt_counts: bool,
 }
 
-/// One (notification, subscription) delivery to claim.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One (notification, subscription) delivery. A notification is its
+/// CloudEvent's `source` and `id` together (CloudEvents 1.0): two services
+/// may both send id "order-1". Ordered so that batched statements take their
+/// row locks in one order and two replicas never deadlock.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
+    pub event_source: String,
     pub event_id: String,
     pub subscription_id: Uuid,
+}
+
+/// Keys as the three arrays a statement unnests.
+fn columns<'a>(keys: impl Iterator<Item = &'a Key>) -> (Vec<&'a str>, Vec<&'a str>, Vec<Uuid>) {
+    let mut sources = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut ids = Vec::new();
+    for key in keys {
+        sources.push(key.event_source.as_str());
+        event_ids.push(key.event_id.as_str());
+        ids.push(key.subscription_id);
+    }
+    (sources, event_ids, ids)
 }
 
 /// Claims deliveries (of any notifications) in one round trip for replica
@@ -140,29 +156,38 @@ pub async fn claim_many(
     keys: &[(Key, bool)],
     owner: Uuid,
 ) -> Result<HashMap<Key, Claim>, StoreError> {
-    let event_ids: Vec<&str> = keys.iter().map(|(key, _)| key.event_id.as_str()).collect();
-    let ids: Vec<Uuid> = keys.iter().map(|(key, _)| key.subscription_id).collect();
-    let replays: Vec<bool> = keys.iter().map(|(_, replay)| *replay).collect();
-    let granted: Vec<(String, Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO deliveries AS d (event_id, subscription_id, status, attempts, claimed_by)
-         SELECT event_id, id, 'sending', 1, $4
-         FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS input(event_id, id, replay)
-         ON CONFLICT (event_id, subscription_id) DO UPDATE SET
+    let mut sorted: Vec<&(Key, bool)> = keys.iter().collect();
+    sorted.sort_unstable();
+    let (sources, event_ids, ids) = columns(sorted.iter().map(|(key, _)| key));
+    let replays: Vec<bool> = sorted.iter().map(|(_, replay)| *replay).collect();
+    type Granted = (String, String, Uuid, i32, DateTime<Utc>);
+    // Rows are inserted (and conflicting ones locked) in key order: ORDER BY
+    // the input's position, which is sorted.
+    let granted: Vec<Granted> = sqlx::query_as(
+        "INSERT INTO deliveries AS d (event_source, event_id, subscription_id, status, attempts, claimed_by)
+         SELECT source, event_id, id, 'sending', 1, $5
+         FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bool[])
+              WITH ORDINALITY AS input(source, event_id, id, replay, position)
+         ORDER BY position
+         ON CONFLICT (event_source, event_id, subscription_id) DO UPDATE SET
              status = 'sending',
              attempts = CASE WHEN d.status = 'exhausted' THEN 1 ELSE d.attempts + 1 END,
              reason = NULL, result_published = false,
-             claimed_by = $4, claimed_until = NULL, updated_at = now()
+             claimed_by = $5, claimed_until = NULL, updated_at = now()
          WHERE d.status = 'retrying'
             OR (d.status = 'sending' AND (
-                    d.claimed_by = $4
+                    d.claimed_by = $5
                  OR (d.claimed_by IS NULL AND (d.claimed_until IS NULL OR d.claimed_until < now()))
                  OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = d.claimed_by
-                                AND w.seen_at > now() - make_interval(secs => $5::float8))))
+                                AND w.seen_at > now() - make_interval(secs => $6::float8))))
             OR (d.status = 'exhausted' AND EXISTS (
-                    SELECT 1 FROM unnest($1::text[], $2::uuid[], $3::bool[]) AS r(event_id, id, replay)
-                    WHERE r.replay AND r.event_id = d.event_id AND r.id = d.subscription_id))
-         RETURNING event_id, subscription_id, attempts, created_at",
+                    SELECT 1 FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bool[])
+                        AS r(source, event_id, id, replay)
+                    WHERE r.replay AND r.source = d.event_source AND r.event_id = d.event_id
+                      AND r.id = d.subscription_id))
+         RETURNING event_source, event_id, subscription_id, attempts, created_at",
     )
+    .bind(&sources)
     .bind(&event_ids)
     .bind(&ids)
     .bind(&replays)
@@ -173,20 +198,23 @@ pub async fn claim_many(
     .map_err(db_error("claiming deliveries"))?;
     let mut claims: HashMap<Key, Claim> = granted
         .into_iter()
-        .map(|(event_id, subscription_id, attempts, first_claimed)| {
-            (
-                Key {
-                    event_id,
-                    subscription_id,
-                },
-                Claim::Granted {
-                    attempt: u32::try_from(attempts).unwrap_or(1),
-                    first_claimed,
-                },
-            )
-        })
+        .map(
+            |(event_source, event_id, subscription_id, attempts, first_claimed)| {
+                (
+                    Key {
+                        event_source,
+                        event_id,
+                        subscription_id,
+                    },
+                    Claim::Granted {
+                        attempt: u32::try_from(attempts).unwrap_or(1),
+                        first_claimed,
+                    },
+                )
+            },
+        )
         .collect();
-    let others: Vec<&Key> = keys
+    let others: Vec<&Key> = sorted
         .iter()
         .map(|(key, _)| key)
         .filter(|key| !claims.contains_key(*key))
@@ -194,22 +222,40 @@ pub async fn claim_many(
     if others.is_empty() {
         return Ok(claims);
     }
-    let other_events: Vec<&str> = others.iter().map(|key| key.event_id.as_str()).collect();
-    let other_ids: Vec<Uuid> = others.iter().map(|key| key.subscription_id).collect();
-    type Row = (String, Uuid, String, i32, Option<i16>, Option<String>, bool);
+    let (other_sources, other_events, other_ids) = columns(others.into_iter());
+    type Row = (
+        String,
+        String,
+        Uuid,
+        String,
+        i32,
+        Option<i16>,
+        Option<String>,
+        bool,
+    );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT d.event_id, d.subscription_id, d.status, d.attempts, d.last_status_code, d.reason,
-                d.result_published
+        "SELECT d.event_source, d.event_id, d.subscription_id, d.status, d.attempts,
+                d.last_status_code, d.reason, d.result_published
          FROM deliveries d
-         JOIN unnest($1::text[], $2::uuid[]) AS k(event_id, id)
-           ON d.event_id = k.event_id AND d.subscription_id = k.id",
+         JOIN unnest($1::text[], $2::text[], $3::uuid[]) AS k(source, event_id, id)
+           ON d.event_source = k.source AND d.event_id = k.event_id AND d.subscription_id = k.id",
     )
+    .bind(&other_sources)
     .bind(&other_events)
     .bind(&other_ids)
     .fetch_all(pool)
     .await
     .map_err(db_error("reading delivery claims"))?;
-    for (event_id, subscription_id, status, attempts, http_status, reason, result_published) in rows
+    for (
+        event_source,
+        event_id,
+        subscription_id,
+        status,
+        attempts,
+        http_status,
+        reason,
+        result_published,
+    ) in rows
     {
         let claim = match DeliveryStatus::parse(&status) {
             Some(status) if status.is_final() => Claim::Done(Recorded {
@@ -223,6 +269,7 @@ pub async fn claim_many(
         };
         claims.insert(
             Key {
+                event_source,
                 event_id,
                 subscription_id,
             },
@@ -250,54 +297,67 @@ pub async fn record_many(
     outcomes: &[Outcome],
     owner: Uuid,
 ) -> Result<Recording, StoreError> {
-    let event_ids: Vec<&str> = outcomes.iter().map(|o| o.event_id.as_str()).collect();
-    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.subscription_id).collect();
-    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
-    let codes: Vec<Option<i16>> = outcomes
+    let mut sorted: Vec<&Outcome> = outcomes.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let (sources, event_ids, ids) = columns(sorted.iter().map(|o| &o.key));
+    let statuses: Vec<&str> = sorted.iter().map(|o| o.status.as_str()).collect();
+    let codes: Vec<Option<i16>> = sorted
         .iter()
         .map(|o| o.http_status.map(|code| code as i16))
         .collect();
-    let reasons: Vec<Option<&str>> = outcomes
+    let reasons: Vec<Option<&str>> = sorted
         .iter()
         .map(|o| o.reason.map(ResultReason::as_str))
         .collect();
-    let health: Vec<i16> = outcomes.iter().map(|o| o.health.code()).collect();
-    let uncounted: Vec<bool> = outcomes.iter().map(|o| !o.attempt_counts).collect();
-    let rows: Vec<(Option<String>, Uuid, Option<i32>)> = sqlx::query_as(
+    let health: Vec<i16> = sorted.iter().map(|o| o.health.code()).collect();
+    let uncounted: Vec<bool> = sorted.iter().map(|o| !o.attempt_counts).collect();
+    // Each replica updates only the deliveries it holds, so two never wait
+    // for each other's; but any two may update the same subscriptions (two
+    // notifications to one audience), so those rows are locked first, in id
+    // order, and only where their health changes.
+    let rows: Vec<(Option<String>, Option<String>, Uuid, Option<i32>)> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::int2[], $7::bool[])
-                 AS t(event_id, id, status, code, reason, health, uncounted)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::int2[], $6::text[], $7::int2[], $8::bool[])
+                 AS t(source, event_id, id, status, code, reason, health, uncounted)
          ), recorded AS (
              UPDATE deliveries SET status = input.status, last_status_code = input.code,
                  attempts = CASE WHEN input.uncounted THEN deliveries.attempts - 1 ELSE deliveries.attempts END,
                  reason = input.reason, result_published = false, claimed_by = NULL,
                  claimed_until = NULL, updated_at = now()
-             FROM input WHERE deliveries.event_id = input.event_id AND deliveries.subscription_id = input.id
-                 AND deliveries.status = 'sending' AND deliveries.claimed_by = $8
-             RETURNING deliveries.event_id, deliveries.subscription_id
+             FROM input WHERE deliveries.event_source = input.source
+                 AND deliveries.event_id = input.event_id AND deliveries.subscription_id = input.id
+                 AND deliveries.status = 'sending' AND deliveries.claimed_by = $9
+             RETURNING deliveries.event_source, deliveries.event_id, deliveries.subscription_id
          ), health AS (
              SELECT input.id, sum(CASE WHEN health = 1 THEN 1 ELSE 0 END) AS successes,
                     sum(CASE WHEN health = 2 THEN 1 ELSE 0 END) AS failures
              FROM input JOIN recorded
-               ON recorded.event_id = input.event_id AND recorded.subscription_id = input.id
+               ON recorded.event_source = input.source AND recorded.event_id = input.event_id
+              AND recorded.subscription_id = input.id
              WHERE health <> 0 GROUP BY input.id
+         ), changing AS MATERIALIZED (
+             SELECT subscriptions.id FROM subscriptions JOIN health ON subscriptions.id = health.id
+             -- A healthy subscription's row is rewritten at most hourly, not
+             -- on every delivery: last_success_at is hour-grained, and the
+             -- database spends its time on deliveries instead.
+             WHERE NOT (health.failures = 0 AND subscriptions.consecutive_failures = 0
+                        AND subscriptions.last_success_at > now() - interval '1 hour')
+             ORDER BY subscriptions.id
+             FOR UPDATE OF subscriptions
          ), healed AS (
              UPDATE subscriptions SET
                  last_success_at = CASE WHEN health.successes > 0 THEN now() ELSE subscriptions.last_success_at END,
                  consecutive_failures = CASE WHEN health.successes > 0 THEN 0
                                              ELSE subscriptions.consecutive_failures + health.failures END
-             FROM health WHERE subscriptions.id = health.id
-                 -- A healthy subscription's row is rewritten at most hourly, not
-                 -- on every delivery: last_success_at is hour-grained, and the
-                 -- database spends its time on deliveries instead.
-                 AND NOT (health.failures = 0 AND subscriptions.consecutive_failures = 0
-                          AND subscriptions.last_success_at > now() - interval '1 hour')
+             FROM health JOIN changing ON changing.id = health.id
+             WHERE subscriptions.id = health.id
              RETURNING subscriptions.id, subscriptions.consecutive_failures
          )
-         SELECT event_id, subscription_id, NULL::int4 FROM recorded
+         SELECT event_source, event_id, subscription_id, NULL::int4 FROM recorded
          UNION ALL
-         SELECT NULL, id, consecutive_failures FROM healed",
+         SELECT NULL, NULL, id, consecutive_failures FROM healed",
     )
+    .bind(&sources)
     .bind(&event_ids)
     .bind(&ids)
     .bind(&statuses)
@@ -310,25 +370,26 @@ pub async fn record_many(
     .await
     .map_err(db_error("recording deliveries"))?;
     let mut recording = Recording::default();
-    for (event_id, subscription_id, failures) in rows {
-        match (event_id, failures) {
-            (Some(event_id), _) => {
+    for (event_source, event_id, subscription_id, failures) in rows {
+        match (event_source, event_id, failures) {
+            (Some(event_source), Some(event_id), _) => {
                 recording.recorded.insert(Key {
+                    event_source,
                     event_id,
                     subscription_id,
                 });
             }
-            (None, Some(failures)) => {
-                let failed = outcomes
-                    .iter()
-                    .any(|o| o.subscription_id == subscription_id && o.health == Health::Failure);
+            (None, None, Some(failures)) => {
+                let failed = outcomes.iter().any(|o| {
+                    o.key.subscription_id == subscription_id && o.health == Health::Failure
+                });
                 if failed {
                     recording
                         .failures
                         .insert(subscription_id, u32::try_from(failures).unwrap_or(0));
                 }
             }
-            (None, None) => {}
+            _ => {}
         }
     }
     Ok(recording)
@@ -354,26 +415,31 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, StoreError
 /// redelivery publishes that result again, with the same id.
 #[derive(Debug, Clone)]
 pub struct PublishedMarks {
-    sender: tokio::sync::mpsc::UnboundedSender<(String, Uuid)>,
+    sender: tokio::sync::mpsc::UnboundedSender<Key>,
 }
 
 impl PublishedMarks {
     /// Starts the flusher; it ends, after a last flush, when every handle is dropped.
     pub fn start(pool: PgPool) -> Self {
-        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(String, Uuid)>();
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Key>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while receiver.recv_many(&mut batch, 1000).await > 0 {
-                let (events, ids): (Vec<String>, Vec<Uuid>) = batch.drain(..).unzip();
+                batch.sort_unstable();
+                let (sources, events, ids) = columns(batch.iter());
                 let marked = sqlx::query(
                     "UPDATE deliveries SET result_published = true
-                     FROM unnest($1::text[], $2::uuid[]) AS t(event_id, subscription_id)
-                     WHERE deliveries.event_id = t.event_id AND deliveries.subscription_id = t.subscription_id",
+                     FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(source, event_id, subscription_id)
+                     WHERE deliveries.event_source = t.source AND deliveries.event_id = t.event_id
+                       AND deliveries.subscription_id = t.subscription_id",
                 )
+                .bind(&sources)
                 .bind(&events)
                 .bind(&ids)
                 .execute(&pool)
                 .await;
+                drop((sources, events, ids));
+                batch.clear();
                 if let Err(err) = marked {
                     tracing::warn!(error = %err, "marking results published failed; a redelivery would publish them again");
                 }
@@ -382,7 +448,7 @@ impl PublishedMarks {
         Self { sender }
     }
 
-    pub fn mark(&self, event_id: &str, subscription_id: Uuid) {
-        let _ = self.sender.send((event_id.to_owned(), subscription_id));
+    pub fn mark(&self, key: &Key) {
+        let _ = self.sender.send(key.clone());
     }
 }

@@ -54,8 +54,8 @@ async fn old_final_delivery_records_are_pruned_and_pending_ones_kept() {
         ("new-final", "delivered", 1),
     ] {
         sqlx::query(
-            "INSERT INTO deliveries (event_id, subscription_id, status, attempts, created_at)
-             VALUES ($1, gen_random_uuid(), $2, 1, now() - make_interval(days => $3))",
+            "INSERT INTO deliveries (event_source, event_id, subscription_id, status, attempts, created_at)
+             VALUES ('/tests', $1, gen_random_uuid(), $2, 1, now() - make_interval(days => $3))",
         )
         .bind(event)
         .bind(status)

@@ -18,6 +18,7 @@ pub struct ResultsProbe {
 
 #[derive(Debug, Clone)]
 pub struct ResultEvent {
+    pub id: String,
     pub event_type: String,
     pub subject: Option<String>,
     pub traceparent: Option<String>,
@@ -139,6 +140,7 @@ impl ResultsProbe {
             let event = pushq_schemas::CloudEvent::from_structured(&delivery.data)
                 .expect("a structured result");
             events.push(ResultEvent {
+                id: event.id,
                 event_type: event.event_type,
                 subject: event.subject,
                 traceparent: event.traceparent,
