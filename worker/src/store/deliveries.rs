@@ -315,7 +315,9 @@ pub async fn record_many(
     // for each other's; but any two may update the same subscriptions (two
     // notifications to one audience), so those rows are locked first, in id
     // order, and only where their health changes.
-    let rows: Vec<(Option<String>, Option<String>, Uuid, Option<i32>)> = sqlx::query_as(
+    // A recorded delivery's key, or a healed subscription's failures.
+    type Row = (Option<String>, Option<String>, Uuid, Option<i32>);
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::int2[], $6::text[], $7::int2[], $8::bool[])
                  AS t(source, event_id, id, status, code, reason, health, uncounted)
