@@ -7,18 +7,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use crate::error::{InvalidEvent, InvalidKind};
+use crate::error::{InvalidEvent, InvalidKind, check_bytes, excerpt};
 use crate::event_types;
 use crate::keys::{decode_auth, decode_p256dh};
 use crate::payload::{MAX_PLAINTEXT_BYTES, payload_bytes};
 
-pub const MAX_USER_CHARS: usize = 256;
-pub const MAX_TAG_CHARS: usize = 64;
+// Every string that is stored or sent on is bounded in UTF-8 bytes, the unit
+// PostgreSQL's index entries (about 2,700 bytes at most) and HTTP and AMQP
+// headers are bounded in; a character may take four. Over its bound a field
+// is `field_too_long`.
+pub const MAX_USER_BYTES: usize = 256;
+pub const MAX_TAG_BYTES: usize = 64;
 pub const MAX_TAGS: usize = 64;
-pub const MAX_ENDPOINT_CHARS: usize = 2048;
+/// Unique in `subscriptions`: one index entry each.
+pub const MAX_ENDPOINT_BYTES: usize = 2048;
 pub const MAX_TTL_SECONDS: u32 = 2_419_200;
 pub const DEFAULT_TTL_SECONDS: u32 = 86_400;
-pub const MAX_TOPIC_CHARS: usize = 32;
+/// Base64url, so characters and bytes are the same.
+pub const MAX_TOPIC_BYTES: usize = 32;
+/// 65 bytes in base64url: 87 characters, 88 padded.
+pub const MAX_P256DH_BYTES: usize = 88;
+/// 16 bytes in base64url: 22 characters, 24 padded.
+pub const MAX_AUTH_BYTES: usize = 24;
 
 /// `PushSubscription.toJSON()` as a browser gives it.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +86,8 @@ impl PushSubscription {
                 "subscription.expirationTime must be a non-negative number of milliseconds or null",
             ));
         }
+        check_bytes("keys.p256dh", &self.keys.p256dh, MAX_P256DH_BYTES)?;
+        check_bytes("keys.auth", &self.keys.auth, MAX_AUTH_BYTES)?;
         decode_p256dh(&self.keys.p256dh).map_err(InvalidEvent::data)?;
         decode_auth(&self.keys.auth).map_err(InvalidEvent::data)?;
         Ok(())
@@ -86,11 +98,8 @@ impl PushSubscription {
 /// URL with a host, no credentials and no fragment. Which hosts and schemes a
 /// worker accepts is its endpoint policy, configured per deployment.
 pub fn validate_endpoint(endpoint: &str) -> Result<Url, InvalidEvent> {
-    if endpoint.chars().count() > MAX_ENDPOINT_CHARS {
-        return Err(InvalidEvent::data(format!(
-            "endpoint is longer than {MAX_ENDPOINT_CHARS} characters"
-        )));
-    }
+    check_bytes("endpoint", endpoint, MAX_ENDPOINT_BYTES)?;
+    refuse_nul("endpoint", endpoint)?;
     let url = Url::parse(endpoint)
         .map_err(|err| InvalidEvent::data(format!("endpoint is not an absolute URL: {err}")))?;
     if !matches!(url.scheme(), "https" | "http") {
@@ -111,25 +120,32 @@ pub fn validate_endpoint(endpoint: &str) -> Result<Url, InvalidEvent> {
 }
 
 fn validate_user(field: &str, user: &str) -> Result<(), InvalidEvent> {
-    let chars = user.chars().count();
-    if (1..=MAX_USER_CHARS).contains(&chars) {
-        Ok(())
-    } else {
-        Err(InvalidEvent::data(format!(
-            "{field} must be 1 to {MAX_USER_CHARS} characters, not {chars}"
-        )))
-    }
+    validate_name(field, user, MAX_USER_BYTES)
 }
 
 fn validate_tag(field: &str, tag: &str) -> Result<(), InvalidEvent> {
-    let chars = tag.chars().count();
-    if (1..=MAX_TAG_CHARS).contains(&chars) {
-        Ok(())
-    } else {
-        Err(InvalidEvent::data(format!(
-            "{field} must be 1 to {MAX_TAG_CHARS} characters, not {chars}"
-        )))
+    validate_name(field, tag, MAX_TAG_BYTES)
+}
+
+/// A user id or a tag: not empty, at most `max_bytes`, storable.
+fn validate_name(field: &str, name: &str, max_bytes: usize) -> Result<(), InvalidEvent> {
+    if name.is_empty() {
+        return Err(InvalidEvent::data(format!(
+            "{field} must be 1 to {max_bytes} bytes, not empty"
+        )));
     }
+    check_bytes(field, name, max_bytes)?;
+    refuse_nul(field, name)
+}
+
+/// PostgreSQL's text cannot hold NUL: a statement naming one fails.
+fn refuse_nul(field: &str, text: &str) -> Result<(), InvalidEvent> {
+    if text.contains('\0') {
+        return Err(InvalidEvent::data(format!(
+            "{field} contains a NUL character, which cannot be stored"
+        )));
+    }
+    Ok(())
 }
 
 /// `pushq.subscription.register`: upsert by endpoint.
@@ -177,7 +193,8 @@ impl SubscriptionUnregister {
             .find(|key| !matches!(key.as_str(), "endpoint" | "user"))
         {
             return Err(InvalidEvent::data(format!(
-                "unknown field `{extra}`: an unregister names `endpoint` or `user`"
+                "unknown field `{}`: an unregister names `endpoint` or `user`",
+                excerpt(extra)
             )));
         }
         let string = |key: &str| {
@@ -314,13 +331,14 @@ impl NotificationSend {
             )));
         }
         if let Some(topic) = &self.topic {
-            let valid = (1..=MAX_TOPIC_CHARS).contains(&topic.len())
+            check_bytes("topic", topic, MAX_TOPIC_BYTES)?;
+            let valid = !topic.is_empty()
                 && topic
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !valid {
                 return Err(InvalidEvent::data(format!(
-                    "topic must be 1 to {MAX_TOPIC_CHARS} characters of the base64url alphabet"
+                    "topic must be 1 to {MAX_TOPIC_BYTES} characters of the base64url alphabet"
                 )));
             }
         }
@@ -356,7 +374,10 @@ impl ProducerEvent {
         if !known.contains(&event_type) {
             return Err(InvalidEvent::new(
                 InvalidKind::UnknownType,
-                format!("event type {event_type:?} is not one pushq handles"),
+                format!(
+                    "event type {:?} is not one pushq handles",
+                    excerpt(event_type)
+                ),
             ));
         }
         let data = data.ok_or_else(|| InvalidEvent::data("the event has no data"))?;
@@ -397,7 +418,7 @@ fn check_target_kind(to: Option<&Value>) -> Result<(), InvalidEvent> {
     if let Some(Value::Object(to)) = to
         && !to.keys().any(|key| TARGET_KINDS.contains(&key.as_str()))
     {
-        let named: Vec<&str> = to.keys().map(String::as_str).collect();
+        let named: Vec<String> = to.keys().take(8).map(|key| excerpt(key)).collect();
         return Err(InvalidEvent::new(
             InvalidKind::UnknownTarget,
             format!(
@@ -409,6 +430,220 @@ fn check_target_kind(to: Option<&Value>) -> Result<(), InvalidEvent> {
     Ok(())
 }
 
+/// Deserializes an event's data; a refusal names the field and what was
+/// expected there, never the value found. serde's own sentences quote the
+/// input (`invalid type: string "https://…", expected …`), which would carry a
+/// one-off subscription's endpoint into a dead letter's header and the logs.
 fn from_value<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, InvalidEvent> {
-    T::deserialize(data).map_err(|err| InvalidEvent::data(format!("data is invalid: {err}")))
+    serde_path_to_error::deserialize(data).map_err(|err| {
+        let field = field_path(err.path());
+        InvalidEvent::data(format!(
+            "{field}: {}",
+            problem(&err.into_inner().to_string())
+        ))
+    })
+}
+
+/// `data.to.subscription.keys`, `data.tags[3]`: names only, each cut short.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut field = String::from("data");
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                field.push('.');
+                field.push_str(&excerpt(key));
+            }
+            Segment::Unknown => field.push_str(".?"),
+        }
+    }
+    field
+}
+
+/// What serde found wrong, without what it found. serde's sentences put the
+/// unexpected input first and what the type expected last (`…, expected a
+/// string`): that last part is the type's own description, so it is kept. The
+/// names in `missing field` and `duplicate field` are the type's own too. Any
+/// other sentence is not quoted at all.
+fn problem(message: &str) -> String {
+    const QUOTING_INPUT: [&str; 5] = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+        "unknown field",
+    ];
+    if let Some(kind) = QUOTING_INPUT
+        .iter()
+        .find(|kind| message.starts_with(**kind))
+    {
+        return match message.rfind(", expected ") {
+            Some(at) => format!("{kind}{}", &message[at..]),
+            None => (*kind).to_owned(),
+        };
+    }
+    if message.starts_with("missing field") || message.starts_with("duplicate field") {
+        return excerpt(message);
+    }
+    "invalid value".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const P256DH: &str =
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+    const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+
+    fn refusal(event_type: &str, data: Value) -> InvalidEvent {
+        ProducerEvent::parse(event_type, Some(&data)).expect_err("refused")
+    }
+
+    fn register(user: &str, endpoint: &str, tags: &[&str]) -> Value {
+        json!({"user": user, "tags": tags, "subscription": {"endpoint": endpoint,
+            "keys": {"p256dh": P256DH, "auth": AUTH}}})
+    }
+
+    /// `n` distinct CJK characters (3 bytes each), as a real path might hold.
+    fn cjk(n: u32) -> String {
+        (0..n)
+            .filter_map(|i| char::from_u32(0x4E00 + (i * 7919) % 20_000))
+            .collect()
+    }
+
+    #[test]
+    fn lengths_are_bounded_in_bytes_not_characters() {
+        let register_type = event_types::SUBSCRIPTION_REGISTER;
+        let fcm = "https://fcm.googleapis.com/fcm/send/";
+        // 2,000 CJK characters pass a 2,048-character limit but are 6,000 bytes.
+        let long_endpoint = format!("{fcm}{}", cjk(2000));
+        assert!(long_endpoint.chars().count() < 2048);
+        for (why, data) in [
+            ("endpoint", register("u", &long_endpoint, &[])),
+            ("user", register(&cjk(86), &format!("{fcm}x"), &[])),
+            ("tag", register("u", &format!("{fcm}x"), &[&cjk(22)])),
+        ] {
+            let refused = refusal(register_type, data);
+            assert_eq!(refused.kind, InvalidKind::FieldTooLong, "{why}");
+            assert!(refused.message.contains("bytes"), "{why}: {refused}");
+        }
+        let at_bound = format!("{fcm}{}", "x".repeat(MAX_ENDPOINT_BYTES - fcm.len()));
+        assert!(ProducerEvent::parse(register_type, Some(&register("u", &at_bound, &[]))).is_ok());
+        assert!(
+            ProducerEvent::parse(register_type, Some(&register(&cjk(85), &at_bound, &[]))).is_ok(),
+            "255 bytes of user"
+        );
+
+        let send = event_types::NOTIFICATION_SEND;
+        let mut padded_key = register("u", &format!("{fcm}x"), &[]);
+        padded_key["subscription"]["keys"]["p256dh"] =
+            json!(format!("{P256DH}{}", "=".repeat(5000)));
+        assert_eq!(
+            refusal(
+                send,
+                json!({"to": {"subscription": padded_key["subscription"]}})
+            )
+            .kind,
+            InvalidKind::FieldTooLong
+        );
+        for to in [
+            json!({"endpoint": long_endpoint}),
+            json!({"user": cjk(86)}),
+            json!({"tag": cjk(22)}),
+        ] {
+            assert_eq!(
+                refusal(send, json!({"to": to})).kind,
+                InvalidKind::FieldTooLong
+            );
+        }
+        assert_eq!(
+            refusal(send, json!({"to": {"user": "u"}, "topic": "t".repeat(33)})).kind,
+            InvalidKind::FieldTooLong
+        );
+        let unregister = event_types::SUBSCRIPTION_UNREGISTER;
+        assert_eq!(
+            refusal(unregister, json!({"endpoint": long_endpoint})).kind,
+            InvalidKind::FieldTooLong
+        );
+        assert_eq!(
+            refusal(unregister, json!({"user": cjk(86)})).kind,
+            InvalidKind::FieldTooLong
+        );
+    }
+
+    #[test]
+    fn what_postgresql_cannot_store_is_invalid() {
+        let fcm = "https://fcm.googleapis.com/fcm/send/";
+        for data in [
+            register("a\0b", &format!("{fcm}x"), &[]),
+            register("u", &format!("{fcm}x\0y"), &[]),
+            register("u", &format!("{fcm}x"), &["a\0"]),
+        ] {
+            let refused = refusal(event_types::SUBSCRIPTION_REGISTER, data);
+            assert_eq!(refused.kind, InvalidKind::InvalidData);
+            assert!(refused.message.contains("NUL"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn serde_refusals_name_the_field_and_never_echo_its_value() {
+        let secret = "https://secret-endpoint.example/SECRET-TOKEN-7f3a";
+        let send = event_types::NOTIFICATION_SEND;
+        for (data, expected) in [
+            (
+                json!({"to": {"subscription": secret}}),
+                "data.to.subscription: invalid type, expected struct PushSubscription",
+            ),
+            (
+                json!({"to": {"subscription": {"endpoint": [secret], "keys": {"p256dh": P256DH, "auth": AUTH}}}}),
+                "data.to.subscription.endpoint: invalid type, expected a string",
+            ),
+            (
+                json!({"to": {"subscription": {"endpoint": "https://fcm.googleapis.com/x", "keys": secret}}}),
+                "data.to.subscription.keys: invalid type, expected struct SubscriptionKeys",
+            ),
+            (
+                json!({"to": {"user": "u"}, "urgency": secret}),
+                "data.urgency: unknown variant, expected one of `very-low`, `low`, `normal`, `high`",
+            ),
+            (
+                json!({"to": {"user": "u"}, "ttl": secret}),
+                "data.ttl: invalid type, expected u32",
+            ),
+            (
+                json!({"to": {"user": "u"}, "ttl": -1}),
+                "data.ttl: invalid value, expected u32",
+            ),
+            (
+                json!({"to": {"user": "u"}, "topic": {"t": secret}}),
+                "data.topic: invalid type, expected a string",
+            ),
+        ] {
+            let refused = refusal(send, data);
+            assert_eq!(refused.kind, InvalidKind::InvalidData);
+            assert_eq!(refused.message, expected);
+            assert!(!refused.message.contains("SECRET"), "{refused}");
+        }
+        let register = event_types::SUBSCRIPTION_REGISTER;
+        for (data, expected) in [
+            (
+                json!({"user": "u", "subscription": {"endpoint": "https://fcm.googleapis.com/x",
+                    "keys": {"p256dh": P256DH, "auth": AUTH}}, "tags": ["a", secret.len()]}),
+                "data.tags[1]: invalid type, expected a string",
+            ),
+            (json!({"user": "u"}), "data: missing field `subscription`"),
+            (
+                json!({"user": "u", "subscription": {"endpoint": "https://fcm.googleapis.com/x",
+                    "keys": {"p256dh": P256DH, "auth": AUTH}}, "colour": secret}),
+                "data.colour: unknown field, expected one of `user`, `subscription`, `tags`",
+            ),
+        ] {
+            let refused = refusal(register, data);
+            assert_eq!(refused.message, expected);
+        }
+    }
 }

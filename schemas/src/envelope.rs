@@ -7,12 +7,49 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::error::{InvalidEvent, InvalidKind};
+use crate::error::{InvalidEvent, InvalidKind, check_bytes, excerpt};
 use crate::keys::BASE64URL_LENIENT;
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// An event's id: at most an AMQP short string (255 bytes), so that it can be
+/// the message-id property, as the SDK sets it.
+pub const MAX_ID_BYTES: usize = 255;
+/// `source` and `id` together key the deliveries table; a btree index entry
+/// holds at most about 2,700 bytes, so both stay well within it.
+pub const MAX_SOURCE_BYTES: usize = 1024;
+/// The type is the routing key, an AMQP short string.
+pub const MAX_TYPE_BYTES: usize = 255;
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+/// In the binary mode the content type is an AMQP short string.
+pub const MAX_DATACONTENTTYPE_BYTES: usize = 255;
+/// An RFC 3339 timestamp is about 35 bytes.
+pub const MAX_TIME_BYTES: usize = 64;
+/// W3C trace context: a version 00 traceparent is 55 bytes; later versions
+/// may append fields.
+pub const MAX_TRACEPARENT_BYTES: usize = 255;
+/// W3C trace context asks that at least 512 characters of tracestate be
+/// passed on; this keeps eight times that.
+pub const MAX_TRACESTATE_BYTES: usize = 4096;
+
+/// Every context attribute pushq keeps, with its bound in UTF-8 bytes. An
+/// attribute over its bound is `field_too_long`, before it reaches SQL or a
+/// header (DESIGN §2.1 "Bounds").
+pub const ATTRIBUTE_MAX_BYTES: [(&str, usize); 8] = [
+    ("id", MAX_ID_BYTES),
+    ("source", MAX_SOURCE_BYTES),
+    ("type", MAX_TYPE_BYTES),
+    ("subject", MAX_SUBJECT_BYTES),
+    ("datacontenttype", MAX_DATACONTENTTYPE_BYTES),
+    ("time", MAX_TIME_BYTES),
+    ("traceparent", MAX_TRACEPARENT_BYTES),
+    ("tracestate", MAX_TRACESTATE_BYTES),
+];
+
+/// PostgreSQL's text cannot hold NUL, and `id` and `source` are stored.
+const STORED_ATTRIBUTES: [&str; 2] = ["id", "source"];
 
 /// One CloudEvent: the context attributes pushq reads, plus any extensions
 /// (kept so that a dead letter or a replay loses nothing).
@@ -72,6 +109,17 @@ impl CloudEvent {
                 .filter_map(|(name, value)| Some((name, value?))),
         );
         attributes
+    }
+
+    /// The bounds of [`ATTRIBUTE_MAX_BYTES`] on an event built in code, as
+    /// [`CloudEvent::from_attributes`] applies them to one received: a
+    /// producer checks them before publishing.
+    pub fn check_bounds(&self) -> Result<(), InvalidEvent> {
+        check_attributes(
+            self.attributes()
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        )
     }
 
     /// The structured JSON format (`application/cloudevents+json`).
@@ -138,6 +186,11 @@ impl CloudEvent {
         mut attributes: BTreeMap<String, String>,
         data: Option<Value>,
     ) -> Result<Self, InvalidEvent> {
+        check_attributes(
+            attributes
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        )?;
         let specversion = attributes.remove("specversion").ok_or_else(|| {
             InvalidEvent::new(
                 InvalidKind::MissingAttribute,
@@ -147,7 +200,10 @@ impl CloudEvent {
         if specversion != SPEC_VERSION {
             return Err(InvalidEvent::new(
                 InvalidKind::BadSpecversion,
-                format!("specversion is {specversion:?}; pushq reads CloudEvents \"1.0\""),
+                format!(
+                    "specversion is {:?}; pushq reads CloudEvents \"1.0\"",
+                    excerpt(&specversion)
+                ),
             ));
         }
         let mut required = |name: &str| {
@@ -171,7 +227,8 @@ impl CloudEvent {
                     .map(|time| time.with_timezone(&Utc))
                     .map_err(|_| {
                         InvalidEvent::data(format!(
-                            "attribute `time` {time:?} is not an RFC 3339 timestamp"
+                            "attribute `time` {:?} is not an RFC 3339 timestamp",
+                            excerpt(&time)
                         ))
                     })
             })
@@ -188,6 +245,26 @@ impl CloudEvent {
             data,
         })
     }
+}
+
+/// Each attribute within its bound in bytes, and the stored ones free of NUL.
+fn check_attributes<'a>(
+    attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), InvalidEvent> {
+    for (name, value) in attributes {
+        if let Some((_, max)) = ATTRIBUTE_MAX_BYTES
+            .iter()
+            .find(|(bounded, _)| *bounded == name)
+        {
+            check_bytes(&format!("attribute `{name}`"), value, *max)?;
+        }
+        if STORED_ATTRIBUTES.contains(&name) && value.contains('\0') {
+            return Err(InvalidEvent::data(format!(
+                "attribute `{name}` contains a NUL character, which cannot be stored"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a media type (parameters allowed) is JSON: `application/json` or
@@ -271,6 +348,61 @@ mod tests {
         assert_eq!(
             kind(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","time":"yesterday"}"#),
             InvalidKind::InvalidData
+        );
+    }
+
+    fn structured_with(name: &str, value: &str) -> Result<CloudEvent, InvalidEvent> {
+        let mut event = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        event[name] = json!(value);
+        CloudEvent::from_structured(event.to_string().as_bytes())
+    }
+
+    #[test]
+    fn each_attribute_is_bounded_in_bytes() {
+        for (name, max) in ATTRIBUTE_MAX_BYTES {
+            let value = if name == "time" {
+                format!("2026-01-01T00:00:00.{}Z", "1".repeat(max - 21))
+            } else {
+                "x".repeat(max)
+            };
+            assert_eq!(value.len(), max);
+            assert!(structured_with(name, &value).is_ok(), "{name} at its bound");
+            let over = format!("{value}x");
+            let refused = structured_with(name, &over).expect_err(name);
+            assert_eq!(refused.kind, InvalidKind::FieldTooLong, "{name}");
+            assert!(refused.message.starts_with(&format!("attribute `{name}`")));
+        }
+        // Characters are not bytes: 100 CJK characters are 300 bytes.
+        let cjk = structured_with("id", &"中".repeat(100)).expect_err("300 bytes");
+        assert_eq!(cjk.kind, InvalidKind::FieldTooLong);
+        let huge = structured_with("id", &"x".repeat(10_000)).expect_err("10,000 bytes");
+        assert_eq!(
+            huge.message,
+            "attribute `id` is 10000 bytes long; at most 255 bytes (UTF-8) are allowed"
+        );
+    }
+
+    #[test]
+    fn stored_attributes_refuse_nul_and_echoes_stay_short() {
+        for name in ["id", "source"] {
+            let refused = structured_with(name, "a\0b").expect_err(name);
+            assert_eq!(refused.kind, InvalidKind::InvalidData);
+        }
+        let mut event = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        event["specversion"] = json!("9".repeat(100_000));
+        let refused = CloudEvent::from_structured(event.to_string().as_bytes()).expect_err("0.9");
+        assert_eq!(refused.kind, InvalidKind::BadSpecversion);
+        assert!(refused.message.len() < 200, "{}", refused.message);
+    }
+
+    #[test]
+    fn an_event_built_in_code_is_checked_against_the_same_bounds() {
+        let mut event = CloudEvent::new("pushq.notification.send", "/svc", json!({}));
+        assert!(event.check_bounds().is_ok());
+        event.id = "x".repeat(MAX_ID_BYTES + 1);
+        assert_eq!(
+            event.check_bounds().expect_err("too long").kind,
+            InvalidKind::FieldTooLong
         );
     }
 

@@ -16,11 +16,13 @@ pub enum InvalidKind {
     UnknownTarget,
     PayloadTooLarge,
     EndpointRefused,
+    /// A field longer than its bound in UTF-8 bytes (DESIGN §2.1 "Bounds").
+    FieldTooLong,
     RetriesExhausted,
 }
 
 impl InvalidKind {
-    pub const ALL: [InvalidKind; 10] = [
+    pub const ALL: [InvalidKind; 11] = [
         Self::NotCloudEvent,
         Self::InvalidJson,
         Self::MissingAttribute,
@@ -30,6 +32,7 @@ impl InvalidKind {
         Self::UnknownTarget,
         Self::PayloadTooLarge,
         Self::EndpointRefused,
+        Self::FieldTooLong,
         Self::RetriesExhausted,
     ];
 
@@ -44,6 +47,7 @@ impl InvalidKind {
             Self::UnknownTarget => "unknown_target",
             Self::PayloadTooLarge => "payload_too_large",
             Self::EndpointRefused => "endpoint_refused",
+            Self::FieldTooLong => "field_too_long",
             Self::RetriesExhausted => "retries_exhausted",
         }
     }
@@ -78,5 +82,67 @@ impl InvalidEvent {
 
     pub fn data(message: impl Into<String>) -> Self {
         Self::new(InvalidKind::InvalidData, message)
+    }
+
+    pub fn too_long(message: impl Into<String>) -> Self {
+        Self::new(InvalidKind::FieldTooLong, message)
+    }
+}
+
+/// A name or short value from the input as a sentence may quote it: at most
+/// 64 characters (then `…`), control characters shown as `?`. Only for what
+/// names a thing (an attribute's value such as `specversion`, a field's name),
+/// never for data a producer may hold secret.
+pub fn excerpt(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut shown: String = text
+        .chars()
+        .take(MAX_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// Checks a field's length in UTF-8 bytes, the unit that PostgreSQL's index
+/// entries and AMQP's short strings are bounded in (a character may take 4).
+pub fn check_bytes(field: &str, value: &str, max_bytes: usize) -> Result<(), InvalidEvent> {
+    if value.len() > max_bytes {
+        return Err(InvalidEvent::too_long(format!(
+            "{field} is {} bytes long; at most {max_bytes} bytes (UTF-8) are allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_code() {
+        for kind in InvalidKind::ALL {
+            assert_eq!(InvalidKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(
+            InvalidKind::parse("field_too_long"),
+            Some(InvalidKind::FieldTooLong)
+        );
+    }
+
+    #[test]
+    fn lengths_are_counted_in_bytes_and_excerpts_are_short() {
+        assert!(check_bytes("user", &"中".repeat(85), 256).is_ok());
+        let refused = check_bytes("user", &"中".repeat(86), 256).expect_err("258 bytes");
+        assert_eq!(refused.kind, InvalidKind::FieldTooLong);
+        assert_eq!(
+            refused.message,
+            "user is 258 bytes long; at most 256 bytes (UTF-8) are allowed"
+        );
+        assert_eq!(excerpt("a\nb"), "a?b");
+        assert_eq!(excerpt(&"x".repeat(100)).chars().count(), 65);
     }
 }
