@@ -9,6 +9,11 @@ pub const NOTIFICATION_BINDING: &str = "pushq.notification.*";
 /// Binding key of the subscriptions queue on the producer exchange.
 pub const SUBSCRIPTION_BINDING: &str = "pushq.subscription.*";
 
+/// The prefix of the worker's own types: accepted only on its own route
+/// (the default exchange and the delay queues), never through the producer
+/// exchange.
+pub const INTERNAL_PREFIX: &str = "pushq.internal.";
+
 /// Internal: a delivery waiting for its next attempt, back from a delay queue.
 /// Never published to the producer exchange; not part of the producer contract.
 pub const INTERNAL_RETRY: &str = "pushq.internal.retry";

@@ -202,7 +202,7 @@ impl App {
     ) -> Result<Exit, BrokerError> {
         let topology = &self.settings.topology;
         let publisher = Publisher::open(connection, topology.clone()).await?;
-        topology::declare(publisher.channel(), topology).await?;
+        topology::declare(connection, topology).await?;
         let prefetch = self.settings.prefetch;
         let queues = [
             (topology.jobs_queue(), Source::Producer),

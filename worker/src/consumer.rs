@@ -89,9 +89,16 @@ pub async fn run(
 }
 
 async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: &Workers) {
+    let producer_exchange = workers.publisher.topology().exchange();
     let messages: Vec<Received<'_>> = batch
         .iter()
-        .map(|delivery| Received::new(&delivery.properties, &delivery.data, queue))
+        .map(|delivery| {
+            if delivery.exchange.as_str() == producer_exchange {
+                Received::from_producer(&delivery.properties, &delivery.data, queue)
+            } else {
+                Received::new(&delivery.properties, &delivery.data, queue)
+            }
+        })
         .collect();
     let pipeline = &workers.pipeline;
     let outcomes = match source {
@@ -162,7 +169,7 @@ async fn settle(delivery: &Delivery, outcome: Outcome, workers: &Workers) {
                 }
             }
         }
-        Outcome::Requeue { after } => requeue(delivery, after, stop).await,
+        Outcome::Requeue { after } => hand_back(delivery, after, publisher, stop).await,
         Outcome::Delay { not_before_ms } => {
             match publisher
                 .delay_until(&delivery.data, delivery.properties.clone(), not_before_ms)
@@ -241,6 +248,31 @@ async fn publish_follow_ups(
         }
     }
     Ok(())
+}
+
+/// A message that cannot be handled now (a dependency failed) waits `after`
+/// in the delay queues, not in a requeue loop: the broker's delivery count
+/// is for crashes, and a long outage would use it up. On shutdown, or when
+/// the broker refuses the hand-over, it goes straight back to its queue.
+async fn hand_back(
+    delivery: &Delivery,
+    after: Duration,
+    publisher: &Publisher,
+    stop: &CancellationToken,
+) -> lapin::Result<()> {
+    if !stop.is_cancelled() {
+        let due_ms = epoch_ms_now().saturating_add(u64::try_from(after.as_millis()).unwrap_or(0));
+        match publisher
+            .delay_until(&delivery.data, delivery.properties.clone(), due_ms)
+            .await
+        {
+            Ok(()) => return delivery.ack(BasicAckOptions::default()).await.map(drop),
+            Err(err) => {
+                tracing::error!(error = %err, "could not hand a message to the delay queues; handing it back to its queue");
+            }
+        }
+    }
+    requeue(delivery, after, stop).await
 }
 
 /// Hands a message back after a pause, so a failing dependency is not hammered

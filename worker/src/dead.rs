@@ -39,8 +39,43 @@ pub struct ReplayReport {
     pub replayed: usize,
     /// Letters of other kinds, left in place.
     pub skipped: usize,
-    /// Letters with no recorded origin (dead-lettered by the broker itself), left in place.
+    /// Letters with no recorded origin, left in place.
     pub without_origin: usize,
+}
+
+/// Headers the broker adds when it dead-letters a message itself (its
+/// delivery limit, for one): `x-death` and its summaries. A replay drops
+/// them, as it drops ours, so the message starts afresh.
+const BROKER_DEATH_HEADERS: [&str; 8] = [
+    "x-death",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-first-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-last-death-exchange",
+    "x-delivery-count",
+];
+
+/// A letter's kind: ours (`x-pushq-error-kind`), or for one the broker
+/// dead-lettered, its reason (`delivery_limit`, `rejected`, `expired`,
+/// `maxlen`), which `dead replay --kind` filters on alike.
+fn letter_kind(headers: Option<&FieldTable>) -> String {
+    header_str(headers, ERROR_KIND_HEADER)
+        .or_else(|| header_str(headers, "x-first-death-reason"))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Where a letter goes back to: where the worker recorded it came from, or
+/// for one the broker dead-lettered, the queue it died in (x-death).
+fn letter_origin(headers: Option<&FieldTable>) -> Option<(String, String)> {
+    match (
+        header_str(headers, ORIGIN_EXCHANGE_HEADER),
+        header_str(headers, ORIGIN_ROUTING_KEY_HEADER),
+    ) {
+        (Some(exchange), Some(routing_key)) => Some((exchange, routing_key)),
+        _ => header_str(headers, "x-first-death-queue").map(|queue| (String::new(), queue)),
+    }
 }
 
 async fn message_count(connection: &Connection, topology: &Topology) -> Result<u32, BrokerError> {
@@ -101,11 +136,14 @@ pub async fn list(
         };
         list.read += 1;
         let headers = message.delivery.properties.headers().as_ref();
-        let kind = header_str(headers, ERROR_KIND_HEADER).unwrap_or_else(|| "unknown".into());
-        let summary = list.by_kind.entry(kind).or_default();
+        let summary = list.by_kind.entry(letter_kind(headers)).or_default();
         summary.count += 1;
         if summary.sample.is_empty() {
-            summary.sample = header_str(headers, ERROR_HEADER).unwrap_or_default();
+            summary.sample = header_str(headers, ERROR_HEADER).unwrap_or_else(|| {
+                header_str(headers, "x-first-death-queue")
+                    .map(|queue| format!("dead-lettered by the broker from {queue}"))
+                    .unwrap_or_default()
+            });
         }
     }
     let _ = channel.close(200, "listing done".into()).await;
@@ -138,15 +176,11 @@ pub async fn replay(
         };
         let delivery = message.delivery;
         let headers = delivery.properties.headers().as_ref();
-        if kind.is_some_and(|kind| header_str(headers, ERROR_KIND_HEADER).as_deref() != Some(kind))
-        {
+        if kind.is_some_and(|kind| letter_kind(headers) != kind) {
             report.skipped += 1;
             continue;
         }
-        let (Some(exchange), Some(routing_key)) = (
-            header_str(headers, ORIGIN_EXCHANGE_HEADER),
-            header_str(headers, ORIGIN_ROUTING_KEY_HEADER),
-        ) else {
+        let Some((exchange, routing_key)) = letter_origin(headers) else {
             report.without_origin += 1;
             continue;
         };
@@ -175,14 +209,13 @@ fn replay_properties(properties: &BasicProperties) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(original) = properties.headers() {
         for (name, value) in original {
-            if ![
+            let ours = [
                 ERROR_HEADER,
                 ERROR_KIND_HEADER,
                 ORIGIN_EXCHANGE_HEADER,
                 ORIGIN_ROUTING_KEY_HEADER,
-            ]
-            .contains(&name.as_str())
-            {
+            ];
+            if !ours.contains(&name.as_str()) && !BROKER_DEATH_HEADERS.contains(&name.as_str()) {
                 headers.insert(name.clone(), value.clone());
             }
         }

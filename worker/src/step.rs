@@ -80,9 +80,22 @@ pub struct Received<'a> {
     pub properties: &'a BasicProperties,
     pub body: &'a [u8],
     pub span: Span,
+    /// Came through the producer exchange: a producer's, never the worker's
+    /// own (its internal events and hand-overs go by the default exchange
+    /// and the delay queues). Such a message's internal types and delay
+    /// header are not trusted.
+    pub from_producer: bool,
 }
 
 impl<'a> Received<'a> {
+    /// A message as a producer published it, through the producer exchange.
+    pub fn from_producer(properties: &'a BasicProperties, body: &'a [u8], queue: &str) -> Self {
+        let mut received = Self::new(properties, body, queue);
+        received.from_producer = true;
+        received
+    }
+
+    /// A message on the worker's own route.
     pub fn new(properties: &'a BasicProperties, body: &'a [u8], queue: &str) -> Self {
         let span = tracing::info_span!(
             "pushq.job",
@@ -99,6 +112,7 @@ impl<'a> Received<'a> {
             properties,
             body,
             span,
+            from_producer: false,
         }
     }
 

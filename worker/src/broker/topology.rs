@@ -7,7 +7,7 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use pushq_schemas::delays::DELAY_QUEUE_MS;
 use pushq_schemas::{Topology, event_types};
 
@@ -16,17 +16,38 @@ use super::{BrokerError, amqp_error};
 /// The result type a feedback queue listens for.
 pub const GONE_ROUTING_KEY: &str = "pushq.subscription.gone";
 
+/// How often the broker hands one message to a consumer before it gives up
+/// and dead-letters it (`x-delivery-limit`). The worker hands back nothing
+/// by requeueing (a message waiting for a dependency waits in the delay
+/// queues), so only crashes, broker blips and shutdowns count: a message
+/// that kills every worker that takes it stops at this many. Set explicitly,
+/// as RabbitMQ 4 would otherwise apply its own default of 20.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The dead-letter queue's: `dead list` reads letters and hands them back
+/// unacked, which counts as a delivery, and nothing dead-letters out of it.
+const DEAD_QUEUE_DELIVERY_LIMIT: i64 = 1_000_000;
+
 fn quorum_arguments(dead_letter_queue: Option<&str>) -> FieldTable {
     let mut arguments = FieldTable::default();
     // Quorum queues replicate and survive a node loss; they also track
-    // redeliveries, which RabbitMQ 4 caps (20 by default).
+    // redeliveries.
     arguments.insert(
         ShortString::from("x-queue-type"),
         AMQPValue::LongString(LongString::from("quorum")),
     );
+    arguments.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongLongInt(if dead_letter_queue.is_some() {
+            DELIVERY_LIMIT
+        } else {
+            DEAD_QUEUE_DELIVERY_LIMIT
+        }),
+    );
     if let Some(dead) = dead_letter_queue {
-        // A message the broker gives up on (RabbitMQ 4's delivery limit) goes
-        // to the dead-letter queue rather than vanishing.
+        // A message the broker gives up on goes to the dead-letter queue,
+        // with confirms between the queues (at-least-once dead-lettering),
+        // rather than vanishing; `dead replay` places it by its x-death.
         arguments.insert(
             ShortString::from("x-dead-letter-exchange"),
             AMQPValue::LongString(LongString::from("")),
@@ -34,6 +55,16 @@ fn quorum_arguments(dead_letter_queue: Option<&str>) -> FieldTable {
         arguments.insert(
             ShortString::from("x-dead-letter-routing-key"),
             AMQPValue::LongString(LongString::from(dead)),
+        );
+        arguments.insert(
+            ShortString::from("x-dead-letter-strategy"),
+            AMQPValue::LongString(LongString::from("at-least-once")),
+        );
+        // At-least-once dead-lettering requires it; no length limit is set,
+        // so nothing is ever refused for it.
+        arguments.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString(LongString::from("reject-publish")),
         );
     }
     arguments
@@ -63,12 +94,18 @@ fn retry_arguments(topology: &Topology, delay_ms: u64) -> FieldTable {
     arguments
 }
 
+/// Declares a queue on `channel`. A queue that exists with other arguments
+/// (declared by an older pushq, before the delivery limit) is kept as it
+/// is, with a warning: the broker refuses to change a queue's arguments,
+/// and refusing to start would stop delivery for the sake of a setting.
+/// Returns the channel to go on with (the refusal closes the first).
 async fn declare_queue(
-    channel: &Channel,
+    connection: &Connection,
+    channel: Channel,
     name: &str,
     arguments: FieldTable,
-) -> Result<(), BrokerError> {
-    channel
+) -> Result<Channel, BrokerError> {
+    let declared = channel
         .queue_declare(
             name.into(),
             QueueDeclareOptions {
@@ -77,9 +114,41 @@ async fn declare_queue(
             },
             arguments,
         )
+        .await;
+    match declared {
+        Ok(_) => Ok(channel),
+        Err(err) if is_precondition_failed(&err) => {
+            let channel = open_channel(connection).await?;
+            channel
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp_error("declaring a queue"))?;
+            tracing::warn!(
+                queue = name,
+                "this queue exists with other arguments than this version declares (x-delivery-limit, at-least-once dead-lettering); it is used as it is: delete it while it is empty, or set them by a policy, to get them"
+            );
+            Ok(channel)
+        }
+        Err(err) => Err(amqp_error("declaring a queue")(err)),
+    }
+}
+
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    connection
+        .create_channel()
         .await
-        .map(drop)
-        .map_err(amqp_error("declaring a queue"))
+        .map_err(amqp_error("opening a channel"))
 }
 
 async fn bind(
@@ -101,8 +170,9 @@ async fn bind(
 }
 
 /// Declares everything a worker consumes from or publishes to, the fixed
-/// set of delay queues included.
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), BrokerError> {
+/// set of delay queues included, on a channel of its own.
+pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
+    let mut channel = open_channel(connection).await?;
     for exchange in [topology.exchange(), topology.results_exchange()] {
         channel
             .exchange_declare(
@@ -118,17 +188,18 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             .map_err(amqp_error("declaring an exchange"))?;
     }
     let dead = topology.dead_queue();
-    declare_queue(channel, &dead, quorum_arguments(None)).await?;
+    channel = declare_queue(connection, channel, &dead, quorum_arguments(None)).await?;
     for queue in [
         topology.jobs_queue(),
         topology.due_queue(),
         topology.subscriptions_queue(),
         topology.feedback_queue(),
     ] {
-        declare_queue(channel, &queue, quorum_arguments(Some(&dead))).await?;
+        channel = declare_queue(connection, channel, &queue, quorum_arguments(Some(&dead))).await?;
     }
     for delay_ms in DELAY_QUEUE_MS {
-        declare_queue(
+        channel = declare_queue(
+            connection,
             channel,
             &topology.delay_queue(delay_ms),
             retry_arguments(topology, delay_ms),
@@ -136,26 +207,27 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         .await?;
     }
     bind(
-        channel,
+        &channel,
         &topology.jobs_queue(),
         &topology.exchange(),
         event_types::NOTIFICATION_BINDING,
     )
     .await?;
     bind(
-        channel,
+        &channel,
         &topology.subscriptions_queue(),
         &topology.exchange(),
         event_types::SUBSCRIPTION_BINDING,
     )
     .await?;
     bind(
-        channel,
+        &channel,
         &topology.feedback_queue(),
         &topology.results_exchange(),
         GONE_ROUTING_KEY,
     )
     .await?;
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
 

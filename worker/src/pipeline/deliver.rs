@@ -134,8 +134,14 @@ impl Pipeline {
                         to_send.push((p, attempt, span));
                     }
                 }
+                // Final before this message came: its result, and an
+                // exhausted one's dead letter, are owed until noted published
+                // (a crash, or a publish that failed, came in between).
                 Some(Claim::Done(recorded)) => {
                     if !recorded.result_published {
+                        if recorded.status == DeliveryStatus::Exhausted {
+                            batches[p.job].exhausted.push(p.recipient.id);
+                        }
                         concluded.push(Concluded::recorded_before(p, job.span.clone(), recorded));
                     }
                 }

@@ -121,6 +121,9 @@ impl Pipeline {
         let mut outcomes: Vec<Option<Outcome>> = messages
             .iter()
             .map(|message| {
+                if message.from_producer {
+                    return None;
+                }
                 let not_before_ms = not_before_ms(message.properties)?;
                 if not_before_ms > latest_ms {
                     tracing::warn!(
@@ -171,7 +174,9 @@ impl Pipeline {
             }
         };
         let prepared = join_all(messages.iter().zip(decoded).map(|(message, event)| {
-            let first_received = first_received_ms(message.properties)
+            let first_received = (!message.from_producer)
+                .then(|| first_received_ms(message.properties))
+                .flatten()
                 .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?))
                 .map_or(received_at, |passed_on| passed_on.min(received_at));
             self.prepare(message, event, &known, first_received)
@@ -244,6 +249,15 @@ impl Pipeline {
             Ok(event) => event,
             Err(invalid) => return Prepared::Done(Outcome::DeadLetter(invalid)),
         };
+        if event.event_type.starts_with(event_types::INTERNAL_PREFIX) && message.from_producer {
+            return Prepared::Done(Outcome::DeadLetter(InvalidEvent::new(
+                InvalidKind::UnknownType,
+                format!(
+                    "{} is the worker's own type: it is accepted only on the worker's own route, never through the producer exchange",
+                    event.event_type
+                ),
+            )));
+        }
         if event.event_type == event_types::INTERNAL_CHUNK {
             return Prepared::Done(self.chunk(&event, &message.span).await);
         }

@@ -2,14 +2,39 @@
 //! queues or the broker's redelivery never restarts its TTL clock, never
 //! loses a dead letter, and never loops.
 
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use pushq_schemas::ResultReason;
 use serde_json::json;
 
-use crate::helpers::{TestApp, new_id, structured_properties};
+use crate::helpers::{TestApp, WAIT, new_id, structured_properties};
 
 fn epoch_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Publishes to a queue by the default exchange, as the worker passes its
+/// own messages on.
+async fn publish_to_queue(app: &TestApp, queue: &str, properties: BasicProperties, body: &[u8]) {
+    let confirm = app
+        .raw
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties.with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack() && confirm.take_message().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,8 +53,9 @@ async fn an_event_without_time_keeps_its_first_receipt_when_it_is_passed_on() {
         ShortString::from("x-pushq-not-before"),
         AMQPValue::LongLongInt(epoch_ms() + 3_000),
     );
-    app.publish_raw(
-        "pushq.notification.send",
+    publish_to_queue(
+        &app,
+        &app.topology.due_queue(),
         structured_properties().with_headers(headers),
         event.to_string().as_bytes(),
     )
@@ -39,5 +65,239 @@ async fn an_event_without_time_keeps_its_first_receipt_when_it_is_passed_on() {
     assert_eq!(got[0].data.reason, Some(ResultReason::Expired));
     assert!(app.fake.received_by(&device).is_empty());
     results.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_types_and_delay_headers_through_the_producer_exchange_are_not_trusted() {
+    let app = TestApp::spawn().await;
+    let device = app.browser();
+    app.register(&device, "jack", &[]).await;
+    let subscription: uuid::Uuid = sqlx::query_scalar("SELECT id FROM subscriptions")
+        .fetch_one(&app.pool)
+        .await
+        .expect("stored");
+    let carried = json!({"specversion": "1.0", "id": new_id(), "source": "/tests",
+        "type": "pushq.notification.send",
+        "data": {"to": {"user": "jack"}, "payload": "forged", "ttl": 60}});
+    let forged = json!({"specversion": "1.0", "id": new_id(), "source": "/attacker",
+        "type": "pushq.internal.retry",
+        "data": {"event": carried, "subscriptions": [subscription],
+                 "first_received": "2026-12-01T00:00:00Z"}});
+    app.publish_raw(
+        "pushq.notification.send",
+        structured_properties(),
+        forged.to_string().as_bytes(),
+    )
+    .await;
+    // A producer's own delay header is not ours either: sent at once.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("x-pushq-not-before"),
+        AMQPValue::LongLongInt(epoch_ms() + 30_000),
+    );
+    let now = json!({"specversion": "1.0", "id": new_id(), "source": "/tests",
+        "type": "pushq.notification.send", "data": {"to": {"user": "jack"}, "payload": "now"}});
+    app.publish_raw(
+        "pushq.notification.send",
+        structured_properties().with_headers(headers),
+        now.to_string().as_bytes(),
+    )
+    .await;
+
+    let letters = app.dead_letters(1).await;
+    assert_eq!(letters[0].kind, "unknown_type");
+    assert!(
+        letters[0].error.contains("worker's own route"),
+        "{}",
+        letters[0].error
+    );
+    let received = app
+        .fake
+        .wait_for_received(1, WAIT)
+        .await
+        .expect("sent at once");
+    assert_eq!(received[0].text(), "now");
+    assert!(
+        app.fake
+            .wait_for_received(2, std::time::Duration::from_millis(500))
+            .await
+            .is_err(),
+        "the forged retry was delivered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_delivery_whose_dead_letter_went_missing_gets_it_on_redelivery() {
+    let app = TestApp::spawn().await;
+    let mut results = app.watch_results().await;
+    let device = app.browser();
+    app.register(&device, "kate", &[]).await;
+    let id = new_id();
+    // A crash (or a dead letter that could not be published) after its
+    // retries ran out: recorded exhausted, nothing published yet.
+    sqlx::query(
+        "INSERT INTO deliveries (event_source, event_id, subscription_id, status, attempts, reason)
+         SELECT '/tests', $1, id, 'exhausted', 3, 'retries_exhausted' FROM subscriptions",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .expect("recorded");
+    let event = json!({"specversion": "1.0", "id": id, "source": "/tests",
+        "type": "pushq.notification.send", "data": {"to": {"user": "kate"}, "payload": "x"}});
+    app.publish_raw(
+        "pushq.notification.send",
+        structured_properties(),
+        event.to_string().as_bytes(),
+    )
+    .await;
+    let got = results.next(1).await;
+    assert_eq!(got[0].data.reason, Some(ResultReason::RetriesExhausted));
+    let letters = app.dead_letters(1).await;
+    assert_eq!(letters[0].kind, "retries_exhausted");
+    assert!(app.fake.received_by(&device).is_empty(), "not sent again");
+    results.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_where_it_died() {
+    let mut app = TestApp::spawn().await;
+    // No worker: the test is the consumer that keeps handing it back.
+    app.stop_worker().await;
+    let event = json!({"specversion": "1.0", "id": new_id(), "source": "/tests",
+        "type": "pushq.notification.send", "data": {"to": {"user": "liam"}, "payload": "x"}});
+    let body = event.to_string().into_bytes();
+    app.publish_raw("pushq.notification.send", structured_properties(), &body)
+        .await;
+    let channel = app.raw.clone();
+    let mut consumer = channel
+        .basic_consume(
+            app.topology.jobs_queue().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let limit = pushq_worker::broker::topology::DELIVERY_LIMIT;
+    for _ in 0..=limit {
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("handed back to the queue")
+            .expect("open")
+            .expect("delivery");
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+    }
+    channel
+        .basic_cancel(consumer.tag(), Default::default())
+        .await
+        .expect("cancel");
+    let deadline = std::time::Instant::now() + WAIT;
+    let list = loop {
+        let list = pushq_worker::dead::list(crate::helpers::AMQP_URL, &app.topology, 10)
+            .await
+            .expect("list");
+        if list.in_queue == 1 || std::time::Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(list.in_queue, 1, "{list:?}");
+    assert!(list.by_kind.contains_key("delivery_limit"), "{list:?}");
+    let report = pushq_worker::dead::replay(
+        crate::helpers::AMQP_URL,
+        &app.topology,
+        Some("delivery_limit"),
+        usize::MAX,
+    )
+    .await
+    .expect("replay");
+    assert_eq!(report.replayed, 1, "{report:?}");
+    let queue = channel
+        .queue_declare(
+            app.topology.jobs_queue().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("jobs queue");
+    assert_eq!(queue.message_count(), 1, "back in the queue it died in");
+    app.clean_up().await;
+}
+
+/// Messages in the delay queues and the due queue, waiting to come back.
+async fn waiting_in_delay_queues(app: &TestApp) -> u32 {
+    let mut waiting = 0;
+    let queues = pushq_schemas::delays::DELAY_QUEUE_MS
+        .iter()
+        .map(|ms| app.topology.delay_queue(*ms))
+        .chain([app.topology.due_queue()]);
+    for queue in queues {
+        let declared = app
+            .raw
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("a delay queue");
+        waiting += declared.message_count();
+    }
+    waiting
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_database_outage_messages_wait_in_the_delay_queues_not_in_requeue_loops() {
+    let database = crate::proxy::TcpProxy::start("127.0.0.1:5432".parse().expect("addr")).await;
+    let url = format!("postgres://postgres@{}/{{database}}", database.addr);
+    let app = TestApp::spawn_with(&[("PUSHQ_DATABASE_URL", &url)]).await;
+    let device = app.browser();
+    app.register(&device, "mona", &[]).await;
+    database.cut();
+    let count = 64;
+    for n in 0..count {
+        let send = pushq_producer::NotificationSend::new(
+            pushq_producer::Target::User("mona".into()),
+            Some(json!(n)),
+        );
+        app.producer.send(&send).await.expect("published");
+    }
+    // Each message that found the database down waits out its pause in the
+    // delay queues, acked, so the broker never counts a redelivery of it.
+    let deadline = std::time::Instant::now() + 2 * WAIT;
+    loop {
+        let waiting = waiting_in_delay_queues(&app).await;
+        if waiting >= count / 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {waiting} of {count} messages went to the delay queues"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    database.restore().await;
+    let received = app
+        .fake
+        .wait_for_received(count as usize, 2 * WAIT)
+        .await
+        .expect("every notification delivered once the database is back");
+    assert_eq!(received.len(), count as usize, "none twice");
     app.stop().await;
 }
