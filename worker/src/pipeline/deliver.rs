@@ -2,7 +2,7 @@
 //! trip, send them (bounded concurrency), conclude each answer by the one
 //! rule of `retry::conclude`, then record (pipeline/record.rs).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt, stream};
@@ -74,10 +74,13 @@ impl Pipeline {
                 .zip(&jobs)
                 .map(|(batch, job)| self.outcome(batch, job))
                 .collect(),
-            Err(err) => jobs
-                .iter()
-                .map(|job| super::interrupted(&job.notification, &err))
-                .collect(),
+            // Claims the database refused were dead-lettered message by
+            // message; anything failing here concerns the whole batch, which
+            // waits and comes back.
+            Err(err) => {
+                tracing::warn!(error = %err, jobs = jobs.len(), "delivering a batch was interrupted; its messages wait in the delay queues and come back");
+                jobs.iter().map(|_| Outcome::requeue()).collect()
+            }
         }
     }
 
@@ -97,11 +100,7 @@ impl Pipeline {
         for p in held_here {
             batches[p.job].retry(p.recipient.id, HELD_ELSEWHERE_RETRY_MS);
         }
-        let keys: Vec<(deliveries::Key, bool)> = pending
-            .iter()
-            .map(|p| (jobs[p.job].key(&p.recipient), jobs[p.job].replay))
-            .collect();
-        let claims = deliveries::claim_many(&self.pool, &keys, self.settings.replica).await?;
+        let claims = self.claim(jobs, &pending, batches).await?;
         for p in &pending {
             let key = jobs[p.job].key(&p.recipient);
             if let Some(Claim::Granted {
@@ -117,6 +116,9 @@ impl Pipeline {
         let mut to_send = Vec::new();
         for p in pending {
             let job = &jobs[p.job];
+            if batches[p.job].refused.is_some() {
+                continue;
+            }
             match claims.get(&job.key(&p.recipient)).copied() {
                 Some(Claim::Granted { attempt, .. }) => {
                     let span = deliver_span(job, &p.origin, attempt);
@@ -186,6 +188,44 @@ impl Pipeline {
                 .await?;
         }
         self.record(jobs, concluded, batches).await
+    }
+
+    /// Claims every pending delivery in one statement. Should the database
+    /// refuse the statement's data, each message's deliveries are claimed on
+    /// their own, so only the message at fault is dead-lettered and its
+    /// batch-mates go on.
+    async fn claim(
+        &self,
+        jobs: &[Job],
+        pending: &[Pending],
+        batches: &mut [Batch],
+    ) -> Result<HashMap<deliveries::Key, Claim>, StoreError> {
+        let key = |p: &Pending| (jobs[p.job].key(&p.recipient), jobs[p.job].replay);
+        let keys: Vec<(deliveries::Key, bool)> = pending.iter().map(key).collect();
+        let owner = self.settings.replica;
+        match deliveries::claim_many(&self.pool, &keys, owner).await {
+            Err(err) if err.refused_data().is_some() => {
+                tracing::warn!(error = %err, "the database refused a batch's claims; claiming message by message");
+            }
+            claimed => return claimed,
+        }
+        let mut claims = HashMap::new();
+        let job_indexes: BTreeSet<usize> = pending.iter().map(|p| p.job).collect();
+        for job in job_indexes {
+            let keys: Vec<(deliveries::Key, bool)> =
+                pending.iter().filter(|p| p.job == job).map(key).collect();
+            match deliveries::claim_many(&self.pool, &keys, owner).await {
+                Ok(claimed) => claims.extend(claimed),
+                Err(err) => match super::refused_by_the_database(&err) {
+                    Some(refused) => {
+                        tracing::warn!(event_id = %jobs[job].notification.id, error = %err, "the database refused this event's claims; dead-lettering it");
+                        batches[job].refused = Some(refused);
+                    }
+                    None => return Err(err),
+                },
+            }
+        }
+        Ok(claims)
     }
 
     /// What one answer comes to, noted in its job's batch.

@@ -321,9 +321,21 @@ impl Pipeline {
     }
 }
 
-/// A dependency failed mid-way; the message goes back to the broker and the
-/// deliveries table resumes it.
+/// A dependency failed mid-way; the message waits and comes back, and the
+/// deliveries table resumes it. Data the database refuses would fail the
+/// same way every time: that message is dead-lettered instead.
 fn interrupted(event: &CloudEvent, err: &StoreError) -> Outcome {
-    tracing::warn!(event_id = %event.id, error = %err, "interrupted; the event goes back to the queue");
+    if let Some(refused) = refused_by_the_database(err) {
+        return Outcome::DeadLetter(refused);
+    }
+    tracing::warn!(event_id = %event.id, error = %err, "interrupted; the event waits in the delay queues and comes back");
     Outcome::requeue()
+}
+
+/// The dead letter's reason when the database refused a message's data.
+fn refused_by_the_database(err: &StoreError) -> Option<InvalidEvent> {
+    let code = err.refused_data()?;
+    Some(InvalidEvent::data(format!(
+        "the database refused this event's data (SQLSTATE {code})"
+    )))
 }

@@ -114,6 +114,8 @@ pub(super) struct Batch {
     retries: BTreeMap<u64, Vec<Uuid>>,
     pub exhausted: Vec<Uuid>,
     requeue: bool,
+    /// The database refused this message's data: it is dead-lettered.
+    pub refused: Option<InvalidEvent>,
     results: Vec<FollowUp>,
     published: Vec<deliveries::Key>,
 }
@@ -132,6 +134,9 @@ impl Batch {
     /// The job's outcome; `exhausted` is the dead letter's reason when any
     /// recipient's retries are used up.
     pub fn into_outcome(self, job: &Job, source: &str, exhausted: Option<InvalidEvent>) -> Outcome {
+        if let Some(refused) = self.refused {
+            return Outcome::DeadLetter(refused);
+        }
         if self.requeue {
             return Outcome::requeue();
         }

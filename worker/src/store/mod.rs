@@ -28,6 +28,23 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// The SQLSTATE when the database refused the data itself (a data
+    /// exception, a constraint, a limit such as an index entry's size):
+    /// the statement fails the same way every time, unlike a lost
+    /// connection, so the message that carries the data is at fault.
+    pub fn refused_data(&self) -> Option<String> {
+        let Self::Database { source, .. } = self else {
+            return None;
+        };
+        let code = source.as_database_error()?.code()?;
+        ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class))
+            .then(|| code.into_owned())
+    }
+}
+
 pub(crate) fn db_error(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { action, source }
 }

@@ -301,3 +301,47 @@ async fn during_a_database_outage_messages_wait_in_the_delay_queues_not_in_reque
     assert_eq!(received.len(), count as usize, "none twice");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_database_refuses_is_dead_lettered_and_its_batch_mates_go_on() {
+    let app = TestApp::spawn().await;
+    let device = app.browser();
+    app.register(&device, "nina", &[]).await;
+    // Whatever the bounds let through, a database may still refuse one
+    // message's data (here an operator's constraint): the batched claim
+    // fails for every message in it.
+    sqlx::query("ALTER TABLE deliveries ADD CONSTRAINT no_poison CHECK (event_id <> 'poison')")
+        .execute(&app.pool)
+        .await
+        .expect("constraint");
+    let count = 20;
+    for n in 0..count {
+        let id = if n == count / 2 {
+            "poison".to_owned()
+        } else {
+            new_id()
+        };
+        let event = json!({"specversion": "1.0", "id": id, "source": "/tests",
+            "type": "pushq.notification.send", "data": {"to": {"user": "nina"}, "payload": n}});
+        app.publish_raw(
+            "pushq.notification.send",
+            structured_properties(),
+            event.to_string().as_bytes(),
+        )
+        .await;
+    }
+    let letters = app.dead_letters(1).await;
+    assert_eq!(letters[0].kind, "invalid_data");
+    assert!(
+        letters[0].error.contains("SQLSTATE 23514"),
+        "{}",
+        letters[0].error
+    );
+    let received = app
+        .fake
+        .wait_for_received(count - 1, WAIT)
+        .await
+        .expect("the batch-mates delivered");
+    assert_eq!(received.len(), count - 1);
+    app.stop().await;
+}
