@@ -78,7 +78,7 @@ impl App {
             settings.endpoint_policy.clone(),
             limits,
             &HttpSettings::default(),
-            Metrics::new(),
+            Metrics::new().labelling_push_services_by(settings.endpoint_policy.clone()),
         )
         .map_err(BuildError::Http)?;
         // Named after the topology, so that an operator (or a test) listing the

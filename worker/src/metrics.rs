@@ -10,6 +10,8 @@ use metrics::{Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use pushq_schemas::{InvalidKind, ResultReason, ResultType};
 
+use crate::push::EndpointPolicy;
+
 const DELIVERIES: &str = "pushq_deliveries_total";
 const PUSH_DURATION: &str = "pushq_push_duration_seconds";
 const DELIVERY_LATENCY: &str = "pushq_delivery_latency_seconds";
@@ -38,7 +40,13 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, 
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     in_flight: metrics::Gauge,
+    /// Names the `push_service` label: only configured push services, so
+    /// browser-supplied origins never grow the series.
+    push_services: Option<Arc<EndpointPolicy>>,
 }
+
+/// The `push_service` label of an origin no configured push service covers.
+pub const OTHER_PUSH_SERVICE: &str = "other";
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +120,7 @@ impl Metrics {
         let metrics = Self {
             recorder,
             in_flight,
+            push_services: None,
         };
         // Series that exist from the start, so that an alert on their rate
         // fires on the first increase instead of on the series appearing.
@@ -131,13 +140,29 @@ impl Metrics {
         metrics
     }
 
-    /// One delivery's outcome, published as a result of `result_type`.
-    pub fn delivery(&self, result_type: ResultType, push_service: &str) {
+    /// Labels `push_service` with the entry of `policy` an origin matches
+    /// (`fcm.googleapis.com`), or `other`.
+    pub fn labelling_push_services_by(mut self, policy: EndpointPolicy) -> Self {
+        self.push_services = Some(Arc::new(policy));
+        self
+    }
+
+    fn push_service_label(&self, origin: &str) -> Label {
+        let name = self
+            .push_services
+            .as_ref()
+            .and_then(|policy| policy.push_service(origin))
+            .unwrap_or_else(|| OTHER_PUSH_SERVICE.to_owned());
+        Label::new("push_service", name)
+    }
+
+    /// One delivery's outcome at `origin`, published as a result of `result_type`.
+    pub fn delivery(&self, result_type: ResultType, origin: &str) {
         self.counter(
             DELIVERIES,
             vec![
                 Label::from_static_parts("outcome", result_type.outcome()),
-                Label::new("push_service", push_service.to_owned()),
+                self.push_service_label(origin),
             ],
         )
         .increment(1);
@@ -173,12 +198,12 @@ impl Metrics {
     }
 
     /// A push service refused our credentials or the notification itself.
-    pub fn sender_fault(&self, reason: ResultReason, push_service: &str) {
+    pub fn sender_fault(&self, reason: ResultReason, origin: &str) {
         self.counter(
             SENDER_FAULTS,
             vec![
                 Label::from_static_parts("reason", reason.as_str()),
-                Label::new("push_service", push_service.to_owned()),
+                self.push_service_label(origin),
             ],
         )
         .increment(1);
@@ -224,8 +249,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn push_services_are_the_configured_ones_or_other() {
+        let policy = EndpointPolicy::parse(
+            "fcm.googleapis.com,push.services.mozilla.com,127.0.0.1:8080",
+            true,
+        )
+        .expect("policy");
+        let metrics = Metrics::new().labelling_push_services_by(policy);
+        for n in 0..50 {
+            metrics.delivery(
+                ResultType::Succeeded,
+                &format!("https://n{n}.push.services.mozilla.com"),
+            );
+        }
+        metrics.delivery(ResultType::Succeeded, "http://127.0.0.1:8080");
+        metrics.delivery(ResultType::Skipped, "");
+        metrics.delivery(ResultType::Failed, "https://elsewhere.example");
+        let text = metrics.render();
+        for series in [
+            r#"pushq_deliveries_total{outcome="succeeded",push_service="push.services.mozilla.com"} 50"#,
+            r#"pushq_deliveries_total{outcome="succeeded",push_service="127.0.0.1:8080"} 1"#,
+            r#"pushq_deliveries_total{outcome="skipped",push_service="other"} 1"#,
+            r#"pushq_deliveries_total{outcome="failed",push_service="other"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+        assert_eq!(text.matches("pushq_deliveries_total{").count(), 4, "{text}");
+    }
+
+    #[test]
     fn renders_what_was_counted_under_the_designed_names() {
         let metrics = Metrics::new();
+        let metrics = metrics.labelling_push_services_by(
+            EndpointPolicy::parse(crate::push::endpoint_policy::DEFAULT_ENDPOINT_HOSTS, false)
+                .expect("the default policy"),
+        );
         metrics.delivery(ResultType::Succeeded, "https://fcm.googleapis.com");
         metrics.delivery(ResultType::Succeeded, "https://fcm.googleapis.com");
         metrics.delivery(
@@ -238,8 +296,8 @@ mod tests {
         let guard = metrics.in_flight();
         let text = metrics.render();
         for series in [
-            r#"pushq_deliveries_total{outcome="succeeded",push_service="https://fcm.googleapis.com"} 2"#,
-            r#"pushq_deliveries_total{outcome="gone",push_service="https://updates.push.services.mozilla.com"} 1"#,
+            r#"pushq_deliveries_total{outcome="succeeded",push_service="fcm.googleapis.com"} 2"#,
+            r#"pushq_deliveries_total{outcome="gone",push_service="push.services.mozilla.com"} 1"#,
             r#"pushq_push_duration_seconds_bucket{le="0.05"} 1"#,
             r#"pushq_dead_letters_total{kind="invalid_json"} 1"#,
             r#"pushq_subscriptions_deleted_total{reason="gone"} 1"#,

@@ -93,6 +93,20 @@ impl EndpointPolicy {
                 "endpoint origin {origin} is refused: credentials in the URL"
             )));
         }
+        if self.rule_for(&url).is_some() {
+            Ok(url)
+        } else {
+            Err(Refusal(format!(
+                "endpoint origin {origin} is not an allowed push service (PUSHQ_ENDPOINT_HOSTS)"
+            )))
+        }
+    }
+}
+
+impl EndpointPolicy {
+    /// The listed entry that allows `url`: its host or a parent domain of it,
+    /// on the port the entry names.
+    fn rule_for(&self, url: &Url) -> Option<&HostRule> {
         let host = url
             .host_str()
             .unwrap_or_default()
@@ -102,7 +116,7 @@ impl EndpointPolicy {
         // subdomain rule means nothing for one, and a listed private address
         // is the operator's explicit permission.
         let is_ip = matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)));
-        let allowed = self.hosts.iter().any(|rule| {
+        self.hosts.iter().find(|rule| {
             let host_matches = host == rule.host
                 || (!is_ip
                     && host
@@ -114,18 +128,23 @@ impl EndpointPolicy {
                 PortRule::Any => true,
             };
             host_matches && port_matches
-        });
-        if allowed {
-            Ok(url)
-        } else {
-            Err(Refusal(format!(
-                "endpoint origin {origin} is not an allowed push service (PUSHQ_ENDPOINT_HOSTS)"
-            )))
-        }
+        })
     }
-}
 
-impl EndpointPolicy {
+    /// The push service an origin belongs to, as `PUSHQ_ENDPOINT_HOSTS`
+    /// lists it (`push.services.mozilla.com` for every one of its
+    /// subdomains, `host:port` where a port is listed): the bounded set of
+    /// names metrics are labelled with. `None` for an origin no entry allows.
+    pub fn push_service(&self, origin: &str) -> Option<String> {
+        let url = Url::parse(origin).ok()?;
+        let rule = self.rule_for(&url)?;
+        Some(match rule.port {
+            PortRule::SchemeDefault => rule.host.clone(),
+            PortRule::Exactly(port) => format!("{}:{port}", rule.host),
+            PortRule::Any => format!("{}:*", rule.host),
+        })
+    }
+
     /// [`EndpointPolicy::check`], then, for a host name, its addresses: a name
     /// that resolves only into special-purpose ranges is refused now, at
     /// registration. A name that does not resolve here is let through; the

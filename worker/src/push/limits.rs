@@ -5,13 +5,13 @@
 //! waited out in-process: the delivery is deferred to a delay queue, so a
 //! throttled origin never holds the prefetch the others need.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hashlink::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Longest a delivery waits in-process for its origin's rate limit.
@@ -87,7 +87,8 @@ pub struct Limits {
     settings: LimitSettings,
     global_rate: Option<DefaultDirectRateLimiter>,
     global_in_flight: Arc<Semaphore>,
-    origins: Mutex<HashMap<String, Arc<OriginLimit>>>,
+    /// The least recently used beyond [`super::MAX_ORIGINS`] are dropped.
+    origins: Mutex<LruCache<String, Arc<OriginLimit>>>,
     clock: DefaultClock,
 }
 
@@ -108,7 +109,7 @@ impl Limits {
         Self {
             global_rate: limiter(settings.global_per_second),
             global_in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
-            origins: Mutex::new(HashMap::new()),
+            origins: Mutex::new(LruCache::new(super::MAX_ORIGINS)),
             clock: DefaultClock::default(),
             settings,
         }
@@ -136,17 +137,25 @@ impl Limits {
             .origins
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        origins
-            .entry(origin.to_owned())
-            .or_insert_with(|| {
-                Arc::new(OriginLimit {
-                    rate: limiter(self.rate_for(host)),
-                    in_flight: Arc::new(Semaphore::new(
-                        self.settings.max_in_flight_per_origin.max(1),
-                    )),
-                })
-            })
-            .clone()
+        if let Some(limit) = origins.get(origin) {
+            return limit.clone();
+        }
+        let limit = Arc::new(OriginLimit {
+            rate: limiter(self.rate_for(host)),
+            in_flight: Arc::new(Semaphore::new(
+                self.settings.max_in_flight_per_origin.max(1),
+            )),
+        });
+        origins.insert(origin.to_owned(), limit.clone());
+        limit
+    }
+
+    /// Origins with a limiter now.
+    pub fn origins_tracked(&self) -> usize {
+        self.origins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     /// Waits for the origin's and the global rate (up to [`MAX_LIMITER_WAIT`]
@@ -201,6 +210,17 @@ mod tests {
         assert_eq!(limits.rate_for("other.net"), 0);
         assert!(parse_rate_limits("example.com").is_err());
         assert!(parse_rate_limits("example.com=fast").is_err());
+    }
+
+    #[tokio::test]
+    async fn limiters_are_kept_for_at_most_max_origins() {
+        let limits = Limits::new(LimitSettings::default());
+        for n in 0..super::super::MAX_ORIGINS + 100 {
+            let host = format!("n{n}.notify.windows.com");
+            let admitted = limits.admit(&format!("https://{host}"), &host).await;
+            assert!(matches!(admitted, Admission::Go(_)));
+        }
+        assert_eq!(limits.origins_tracked(), super::super::MAX_ORIGINS);
     }
 
     #[tokio::test]

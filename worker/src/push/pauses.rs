@@ -6,10 +6,11 @@
 //! circuit breaker), and then for the shortest wait among them, so no
 //! delivery waits longer than the push service asked of any. Per replica.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hashlink::LruCache;
 use uuid::Uuid;
 
 /// Distinct subscriptions throttled within [`BREAKER_WINDOW`] that pause
@@ -18,12 +19,27 @@ pub const BREAKER_THRESHOLD: usize = 8;
 /// How far back throttled answers count towards the breaker.
 pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OriginPauses {
-    origins: Mutex<HashMap<String, Origin>>,
-    /// Subscriptions asked to wait, until when.
-    subscriptions: Mutex<HashMap<Uuid, Instant>>,
+    /// The least recently used beyond [`super::MAX_ORIGINS`] are dropped.
+    origins: Mutex<LruCache<String, Origin>>,
+    /// Subscriptions asked to wait, until when; the least recently asked
+    /// beyond [`MAX_WAITING_SUBSCRIPTIONS`] are forgotten (a forgotten one
+    /// may be sent to early and is throttled again, nothing worse).
+    subscriptions: Mutex<LruCache<Uuid, Instant>>,
 }
+
+impl Default for OriginPauses {
+    fn default() -> Self {
+        Self {
+            origins: Mutex::new(LruCache::new(super::MAX_ORIGINS)),
+            subscriptions: Mutex::new(LruCache::new(MAX_WAITING_SUBSCRIPTIONS)),
+        }
+    }
+}
+
+/// About 50 bytes each: a few megabytes at most.
+pub const MAX_WAITING_SUBSCRIPTIONS: usize = 100_000;
 
 /// Above this many waiting subscriptions, the finished waits are dropped.
 const SUBSCRIPTIONS_BEFORE_PRUNING: usize = 4096;
@@ -60,12 +76,17 @@ impl OriginPauses {
                 waiting.retain(|_, until| *until > now);
             }
             let until = now + asked;
-            let entry = waiting.entry(subscription).or_insert(until);
-            *entry = (*entry).max(until);
+            let longest = waiting
+                .get(&subscription)
+                .map_or(until, |&was| was.max(until));
+            waiting.insert(subscription, longest);
         }
         let mut origins = self.lock();
         origins.retain(|_, state| state.is_live(now));
-        let state = origins.entry(origin.to_owned()).or_default();
+        if !origins.contains_key(origin) {
+            origins.insert(origin.to_owned(), Origin::default());
+        }
+        let state = origins.get_mut(origin)?;
         state
             .throttled
             .retain(|(at, id, _)| now.duration_since(*at) < BREAKER_WINDOW && *id != subscription);
@@ -88,7 +109,7 @@ impl OriginPauses {
     pub fn remaining(&self, origin: &str) -> Option<Duration> {
         let origins = self.lock();
         origins
-            .get(origin)?
+            .peek(origin)?
             .paused_until?
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
@@ -101,13 +122,18 @@ impl OriginPauses {
             .subscriptions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&subscription)
+            .peek(&subscription)
             .and_then(|until| until.checked_duration_since(Instant::now()))
             .filter(|left| !left.is_zero());
         own.max(self.remaining(origin))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Origin>> {
+    /// Origins with throttling state now.
+    pub fn origins_tracked(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Origin>> {
         self.origins
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -127,6 +153,16 @@ impl Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttling_state_is_kept_for_at_most_max_origins() {
+        let pauses = OriginPauses::default();
+        for n in 0..super::super::MAX_ORIGINS + 100 {
+            let origin = format!("https://n{n}.notify.windows.com");
+            pauses.throttled(&origin, Uuid::new_v4(), Duration::from_secs(60));
+        }
+        assert_eq!(pauses.origins_tracked(), super::super::MAX_ORIGINS);
+    }
 
     const FCM: &str = "https://fcm.googleapis.com";
 

@@ -1,12 +1,12 @@
 //! RFC 8292 VAPID: an ES256 JWT per push-service origin, signed once and reused
 //! until it nears expiry, because signing costs more than encrypting.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use hashlink::LruCache;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::DecodePrivateKey;
 use pushq_schemas::keys::{BASE64URL_LENIENT, base64url};
@@ -17,8 +17,6 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// A cached token is replaced once less than this is left of it.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(3600);
-/// Origins are few (the push services); this only bounds a pathological config.
-const MAX_CACHED_ORIGINS: usize = 4096;
 
 /// The application server's private key. Debug and Display never show it.
 #[derive(Clone)]
@@ -87,7 +85,8 @@ pub struct VapidSigner {
     public_key: String,
     subject: String,
     rng: SystemRandom,
-    cache: Mutex<HashMap<String, CachedToken>>,
+    /// Per origin; the least recently used beyond [`super::MAX_ORIGINS`] are dropped.
+    cache: Mutex<LruCache<String, CachedToken>>,
 }
 
 impl fmt::Debug for VapidSigner {
@@ -115,7 +114,7 @@ impl VapidSigner {
             public_key: key.public_key_base64url(),
             subject: subject.to_owned(),
             rng,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(super::MAX_ORIGINS)),
         })
     }
 
@@ -138,9 +137,6 @@ impl VapidSigner {
         }
         let expires_at = now + TOKEN_LIFETIME;
         let header: Arc<str> = self.sign(origin, expires_at)?.into();
-        if cache.len() >= MAX_CACHED_ORIGINS {
-            cache.retain(|_, cached| cached.expires_at > now + REFRESH_MARGIN);
-        }
         cache.insert(
             origin.to_owned(),
             CachedToken {
@@ -177,6 +173,19 @@ impl VapidSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_cache_keeps_at_most_max_origins() {
+        let signer = VapidSigner::new(&VapidPrivateKey::generate(), "mailto:ops@example.com")
+            .expect("signer");
+        for n in 0..super::super::MAX_ORIGINS + 100 {
+            signer
+                .authorization(&format!("https://n{n}.notify.windows.com"))
+                .expect("signs");
+        }
+        let cached = signer.cache.lock().expect("cache").len();
+        assert_eq!(cached, super::super::MAX_ORIGINS);
+    }
 
     #[test]
     fn tokens_are_cached_per_origin() {

@@ -51,7 +51,7 @@ async fn the_senders_faults_and_outages_never_delete_a_subscription() {
     assert!(failures.iter().all(|f| *f == 0), "{failures:?}");
 
     let metrics = app.get("/metrics").await.1;
-    let origin = format!("http://{}", app.fake.addr());
+    let origin = app.fake.host_entry();
     for reason in [
         "unauthorized",
         "forbidden",

@@ -262,7 +262,7 @@ async fn metrics_count_the_deliveries_that_happened() {
         .wait_for_received(2, WAIT)
         .await
         .expect("both delivered");
-    let origin = format!("http://{}", app.fake.addr());
+    let origin = app.fake.host_entry();
     let mut metrics = String::new();
     // A result is counted just before it is published: wait for the scrape to show the last one.
     for _ in 0..100 {
