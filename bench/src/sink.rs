@@ -3,19 +3,35 @@
 //! (the tests' fake push service does): here it must cost as little as
 //! possible, since it shares the two cores with the worker.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use tokio::sync::watch;
 
+/// One request the sink answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The subscription's index (its endpoint is `/push/{n}`).
+    pub n: u32,
+    pub at: Instant,
+    /// The first 16 bytes of the body: an aes128gcm record's salt, random
+    /// per encryption. Two arrivals with the same salt are one request sent
+    /// twice on the wire; different salts are two attempts by the worker.
+    pub salt: [u8; 16],
+    /// The client's port: which connection the request came on.
+    pub peer_port: u16,
+}
+
 #[derive(Default)]
 struct Receipts {
-    /// (subscription index, arrival) in arrival order.
-    arrivals: Mutex<Vec<(u32, Instant)>>,
+    /// Every arrival, in arrival order.
+    arrivals: Mutex<Vec<Arrival>>,
     /// The subscriptions reached so far: the count waited for, so that a
     /// repeated arrival does not end a scenario early.
     reached: Mutex<std::collections::HashSet<u32>>,
@@ -38,7 +54,11 @@ impl Sink {
             .route("/push/{n}", post(receive))
             .with_state((receipts.clone(), count.clone()));
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         Ok(Self {
             host_entry: addr.to_string(),
@@ -59,10 +79,15 @@ impl Sink {
     }
 
     /// Waits until `count` subscriptions were reached, at most `timeout`;
-    /// returns every arrival.
-    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<(u32, Instant)> {
+    /// returns every arrival so far.
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Arrival> {
         let mut seen = self.count.subscribe();
         let _ = tokio::time::timeout(timeout, seen.wait_for(|n| *n >= count)).await;
+        self.arrivals()
+    }
+
+    /// Every arrival so far.
+    pub fn arrivals(&self) -> Vec<Arrival> {
         self.receipts
             .arrivals
             .lock()
@@ -73,10 +98,26 @@ impl Sink {
 
 type SinkState = (Arc<Receipts>, watch::Sender<usize>);
 
-async fn receive(State((receipts, count)): State<SinkState>, Path(n): Path<u32>) -> StatusCode {
+/// Reads the body before answering, as a push service does: hyper closes a
+/// connection whose request body was left unread (when it had not arrived
+/// yet), and the worker would have to open another.
+async fn receive(
+    State((receipts, count)): State<SinkState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(n): Path<u32>,
+    body: Bytes,
+) -> StatusCode {
     let now = Instant::now();
+    let mut salt = [0u8; 16];
+    let len = body.len().min(16);
+    salt[..len].copy_from_slice(&body[..len]);
     if let Ok(mut arrivals) = receipts.arrivals.lock() {
-        arrivals.push((n, now));
+        arrivals.push(Arrival {
+            n,
+            at: now,
+            salt,
+            peer_port: peer.port(),
+        });
     }
     let first = receipts
         .reached
