@@ -67,15 +67,38 @@ fn letter_kind(headers: Option<&FieldTable>) -> String {
 }
 
 /// Where a letter goes back to: where the worker recorded it came from, or
-/// for one the broker dead-lettered, the queue it died in (x-death).
+/// for one the broker dead-lettered, the exchange and routing key it was
+/// first published with (its oldest `x-death` entry), so that a producer's
+/// message comes back through the producer exchange as it first did.
 fn letter_origin(headers: Option<&FieldTable>) -> Option<(String, String)> {
     match (
         header_str(headers, ORIGIN_EXCHANGE_HEADER),
         header_str(headers, ORIGIN_ROUTING_KEY_HEADER),
     ) {
         (Some(exchange), Some(routing_key)) => Some((exchange, routing_key)),
-        _ => header_str(headers, "x-first-death-queue").map(|queue| (String::new(), queue)),
+        _ => first_death(headers?),
     }
+}
+
+/// The exchange and first routing key of the oldest `x-death` entry (the
+/// broker lists the most recent first).
+fn first_death(headers: &FieldTable) -> Option<(String, String)> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(death) = deaths.as_slice().last()? else {
+        return None;
+    };
+    let exchange = header_str(Some(death), "exchange")?;
+    let AMQPValue::FieldArray(keys) = death.inner().get("routing-keys")? else {
+        return None;
+    };
+    let routing_key = match keys.as_slice().first()? {
+        AMQPValue::LongString(key) => String::from_utf8_lossy(key.as_bytes()).into_owned(),
+        AMQPValue::ShortString(key) => key.as_str().to_owned(),
+        _ => return None,
+    };
+    Some((exchange, routing_key))
 }
 
 async fn message_count(connection: &Connection, topology: &Topology) -> Result<u32, BrokerError> {

@@ -163,7 +163,7 @@ async fn an_exhausted_delivery_whose_dead_letter_went_missing_gets_it_on_redeliv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_where_it_died() {
+async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_as_it_was_published() {
     let mut app = TestApp::spawn().await;
     // No worker: the test is the consumer that keeps handing it back.
     app.stop_worker().await;
@@ -233,7 +233,11 @@ async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_whe
         )
         .await
         .expect("jobs queue");
-    assert_eq!(queue.message_count(), 1, "back in the queue it died in");
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "back through the exchange and routing key it was published with"
+    );
     app.clean_up().await;
 }
 
