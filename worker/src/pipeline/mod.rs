@@ -3,6 +3,7 @@
 //! publishes: each outcome lists the results, retries, chunks and dead
 //! letters for the consumer to publish before it acks.
 
+mod claim;
 mod deliver;
 mod job;
 mod record;
@@ -29,7 +30,8 @@ use crate::push::{OriginPauses, PushClient};
 use crate::retry::RetrySchedule;
 use crate::step::{Outcome, REPLAY_HEADER, Received};
 use crate::store::StoreError;
-use crate::store::deliveries::{self, PublishedMarks};
+use crate::store::deliveries;
+use crate::store::marks::PublishedMarks;
 use crate::store::subscriptions;
 
 use job::Job;

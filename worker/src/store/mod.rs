@@ -2,6 +2,7 @@
 //! nothing of HTTP or AMQP.
 
 pub mod deliveries;
+pub mod marks;
 pub mod subscriptions;
 pub mod workers;
 
