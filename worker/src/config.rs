@@ -7,11 +7,12 @@ use std::time::Duration;
 use pushq_schemas::Topology;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::push::client::PushProxy;
 use crate::push::endpoint_policy::DEFAULT_ENDPOINT_HOSTS;
 use crate::push::limits::{
     DEFAULT_RATE_LIMIT, DEFAULT_RATE_LIMITS, LimitSettings, parse_rate_limits,
 };
-use crate::push::{EndpointPolicy, VapidPrivateKey};
+use crate::push::{EndpointPolicy, HttpSettings, VapidPrivateKey};
 use crate::retry::RetrySchedule;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -43,6 +44,9 @@ pub struct Settings {
     pub vapid_subject: Option<String>,
     pub topology: Topology,
     pub endpoint_policy: EndpointPolicy,
+    /// `PUSHQ_HTTPS_PROXY`: pushes go through this proxy; without it, through
+    /// none (ambient `HTTPS_PROXY`/`ALL_PROXY`/`HTTP_PROXY` are ignored).
+    pub https_proxy: Option<PushProxy>,
     pub http_addr: SocketAddr,
     /// The delay before each retry; its length is the number of retries.
     pub retry_delays: Vec<Duration>,
@@ -119,6 +123,15 @@ impl Settings {
                 "PUSHQ_ENDPOINT_HOSTS must list hosts as host, host:port or host:* separated by commas: {why}"
             ))
         })?;
+        let https_proxy = get("PUSHQ_HTTPS_PROXY")
+            .map(|value| {
+                PushProxy::parse(&value).map_err(|why| {
+                    ConfigError(format!(
+                        "PUSHQ_HTTPS_PROXY {why}: expected an http:// or https:// URL like http://proxy.internal:3128"
+                    ))
+                })
+            })
+            .transpose()?;
         let http_addr = get("PUSHQ_HTTP_ADDR")
             .unwrap_or_else(|| "127.0.0.1:9464".into())
             .parse()
@@ -244,6 +257,7 @@ impl Settings {
             vapid_subject,
             topology,
             endpoint_policy,
+            https_proxy,
             http_addr,
             retry_delays,
             retry_after_max,
@@ -267,6 +281,15 @@ impl Settings {
         self.database_url.expose_secret()
     }
 
+    /// The push client's settings: the default timeouts, and the proxy if one
+    /// is configured.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            proxy: self.https_proxy.clone(),
+            ..HttpSettings::default()
+        }
+    }
+
     /// The retry schedule these settings make: delays, and the delay queues.
     pub fn retry_schedule(&self) -> RetrySchedule {
         RetrySchedule::new(self.retry_delays.clone(), self.retry_after_max)
@@ -286,17 +309,37 @@ impl Settings {
     }
 }
 
+/// RFC 8292 asks for a `mailto:` or `https:` URL push services can reach the
+/// sender at; Apple answers 403 (BadJwtToken) to any other, to one at
+/// `localhost`, and to one holding a space.
 fn validate_subject(subject: &str) -> Result<(), ConfigError> {
-    let valid = url::Url::parse(subject).is_ok_and(|url| {
-        matches!(url.scheme(), "mailto" | "https") && url.as_str().len() > url.scheme().len() + 1
-    });
-    if valid {
-        Ok(())
-    } else {
+    let refuse = |why: &str| {
         Err(ConfigError(format!(
-            "PUSHQ_VAPID_SUBJECT must be a mailto: or https: URL (Apple refuses others), not {subject:?}"
+            "PUSHQ_VAPID_SUBJECT {why} (Apple refuses it): expected a mailto: or https: URL push services can reach you at, like mailto:ops@example.com, not {subject:?}"
         )))
+    };
+    if subject.chars().any(char::is_whitespace) {
+        return refuse("holds a space");
     }
+    let Ok(url) = url::Url::parse(subject) else {
+        return refuse("is not a URL");
+    };
+    let host = match url.scheme() {
+        "mailto" => match url.path().rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => domain.to_owned(),
+            _ => return refuse("names no address"),
+        },
+        "https" => url.host_str().unwrap_or_default().to_owned(),
+        _ => return refuse("is neither a mailto: nor an https: URL"),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return refuse("names no host");
+    }
+    if host == "localhost" || host.ends_with(".localhost") {
+        return refuse("is at localhost");
+    }
+    Ok(())
 }
 
 fn parse_bool(name: &str, value: Option<String>) -> Result<bool, ConfigError> {
@@ -416,6 +459,7 @@ mod tests {
             ("PUSHQ_AMQP_URL", "http://x"),
             ("PUSHQ_DATABASE_URL", "mysql://x"),
             ("PUSHQ_SHUTDOWN_GRACE_MS", "-1"),
+            ("PUSHQ_HTTPS_PROXY", "socks5://127.0.0.1:1080"),
         ] {
             let err = settings(&[(name, value)]).expect_err(name);
             assert!(err.0.starts_with(name), "{err}");
@@ -439,5 +483,68 @@ mod tests {
         assert!(!debug.contains(&key.to_base64url()));
         assert!(!debug.contains("hunter2"));
         assert!(s.require_vapid().is_ok());
+    }
+
+    #[test]
+    fn a_vapid_subject_apple_would_refuse_stops_the_start() {
+        for refused in [
+            "mailto:ops@localhost",
+            "mailto:ops@LOCALHOST.",
+            "mailto:ops@push.localhost",
+            "mailto: ops@example.com",
+            "mailto:ops@example.com ",
+            "mailto:ops team@example.com",
+            "mailto:",
+            "mailto:@example.com",
+            "mailto:ops",
+            "https://localhost/contact",
+            "https://LocalHost:8443/",
+            "http://example.com/contact",
+            "ops@example.com",
+        ] {
+            let err = settings(&[("PUSHQ_VAPID_SUBJECT", refused)]).expect_err(refused);
+            assert!(err.0.starts_with("PUSHQ_VAPID_SUBJECT "), "{err}");
+            assert!(err.0.contains("Apple"), "{err}");
+            assert!(!err.0.contains('\n'), "one sentence: {err}");
+        }
+        for accepted in [
+            "mailto:ops@example.com",
+            "mailto:ops+push@sub.example.co.uk",
+            "https://example.com/contact",
+            "https://notlocalhost.example/",
+        ] {
+            let s = settings(&[("PUSHQ_VAPID_SUBJECT", accepted)]).expect(accepted);
+            assert_eq!(s.vapid_subject.as_deref(), Some(accepted));
+        }
+    }
+
+    #[test]
+    fn an_explicit_proxy_is_the_only_one_and_its_credentials_stay_hidden() {
+        let s = settings(&[]).expect("defaults");
+        assert!(s.https_proxy.is_none() && s.http_settings().proxy.is_none());
+        let s = settings(&[(
+            "PUSHQ_HTTPS_PROXY",
+            "http://pushq:hunter2@proxy.internal:3128",
+        )])
+        .expect("valid");
+        let proxy = s.http_settings().proxy.expect("configured");
+        assert_eq!(proxy.origin(), "http://proxy.internal:3128");
+        let debug = format!("{s:?}");
+        assert!(
+            debug.contains("proxy.internal") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        assert!(settings(&[("PUSHQ_HTTPS_PROXY", "https://proxy.internal")]).is_ok());
+        for refused in [
+            "proxy.internal:3128",
+            "ftp://proxy.internal",
+            "http://proxy.internal:3128/path",
+            "http://user:hunter2@:3128",
+            "socks5://user:hunter2@proxy.internal",
+        ] {
+            let err = settings(&[("PUSHQ_HTTPS_PROXY", refused)]).expect_err(refused);
+            assert!(err.0.starts_with("PUSHQ_HTTPS_PROXY "), "{err}");
+            assert!(!err.0.contains("hunter2"), "{err}");
+        }
     }
 }

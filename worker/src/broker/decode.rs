@@ -155,6 +155,20 @@ mod tests {
     }
 
     #[test]
+    fn binary_attributes_are_bounded_in_bytes_like_structured_ones() {
+        let mut properties = binary("cloudEvents_", Some("application/json"));
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from("cloudEvents_id"),
+            AMQPValue::LongString(LongString::from("x".repeat(10_000))),
+        );
+        properties = properties.with_headers(headers);
+        let refused = decode(&properties, br#"{"to":{"user":"u"}}"#).expect_err("too long");
+        assert_eq!(refused.kind, InvalidKind::FieldTooLong);
+        assert!(refused.message.starts_with("attribute `id`"), "{refused}");
+    }
+
+    #[test]
     fn refusals_carry_their_kind() {
         let kind = |properties: &BasicProperties, body: &[u8]| {
             decode(properties, body).expect_err("refused").kind

@@ -30,12 +30,20 @@ const SPECIAL_V4: &[(Ipv4Addr, u8)] = &[
     (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved, broadcast
 ];
 
+const GLOBAL_UNICAST_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3);
+
+/// IANA special-purpose IPv6 blocks; those outside 2000::/3 are refused by
+/// that rule as well, and named here so that the table reads as the registry.
 const SPECIAL_V6: &[(Ipv6Addr, u8)] = &[
-    (Ipv6Addr::UNSPECIFIED, 128),
-    (Ipv6Addr::LOCALHOST, 128),
+    // IPv4-compatible (deprecated by RFC 4291 and routed nowhere), with the
+    // unspecified address and loopback: ::a.b.c.d is refused whatever a.b.c.d.
+    (Ipv6Addr::UNSPECIFIED, 96),
+    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96), // IPv4-translated (SIIT, RFC 2765)
+    (Ipv6Addr::new(0x0064, 0xff9b, 0x0001, 0, 0, 0, 0, 0), 48), // local-use NAT64 (RFC 8215)
     (Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0, 0), 64), // discard
     (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23), // IETF protocol assignments
     (Ipv6Addr::new(0x2001, 0x0db8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation (RFC 9637)
     (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),  // unique local
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
     (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // site-local (deprecated)
@@ -48,7 +56,12 @@ pub fn is_public(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
             // Addresses that embed an IPv4 one are judged by it: IPv4-mapped,
-            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+            // the well-known NAT64 prefix (64:ff9b::/96) and 6to4 (2002::/16).
+            // RFC 6052 forbids the well-known prefix for non-global IPv4
+            // addresses, and an IPv6-only network reaches an IPv4-only push
+            // service only through it, so it is judged rather than refused.
+            // The local-use NAT64 prefix (64:ff9b:1::/48) and IPv4-compatible
+            // addresses (::/96) are refused outright, in SPECIAL_V6.
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public_v4(v4);
             }
@@ -60,7 +73,14 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(embedded_v4(segments[1], segments[2]));
             }
             let bits = u128::from(v6);
-            !SPECIAL_V6
+            // Outside 2000::/3 IANA has assigned no global unicast address:
+            // whatever the table below does not name there is refused too.
+            in_prefix(
+                bits,
+                u128::from(GLOBAL_UNICAST_V6.0),
+                GLOBAL_UNICAST_V6.1,
+                128,
+            ) && !SPECIAL_V6
                 .iter()
                 .any(|(net, len)| in_prefix(bits, u128::from(*net), *len, 128))
         }
@@ -152,6 +172,23 @@ mod tests {
             "fd12:3456::1",
             "fe80::1",
             "ff02::1",
+            // IPv4-compatible, whatever the address it embeds.
+            "::7f00:1",
+            "::a00:1",
+            "::a9fe:a9fe",
+            "::808:808",
+            // Local-use NAT64 (RFC 8215): the translator is ours, so is what it reaches.
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff:ffff::1",
+            // The well-known NAT64 prefix is judged by the IPv4 address it embeds.
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "::ffff:0:7f00:1",
+            "3fff::1",
+            // Nothing outside 2000::/3 is global unicast.
+            "64:ff9b:2::1",
+            "4000::1",
         ] {
             let ip: IpAddr = special.parse().expect(special);
             assert!(!is_public(ip), "{special} must not be public");
@@ -169,6 +206,7 @@ mod tests {
             "2600:1901:0:38d7::",
             "::ffff:142.250.185.74",
             "2002:8efa:b94a::1",
+            "64:ff9b::8efa:b94a",
         ] {
             let ip: IpAddr = public.parse().expect(public);
             assert!(is_public(ip), "{public} must be public");

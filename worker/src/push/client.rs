@@ -1,12 +1,14 @@
 //! One shared HTTP client that encrypts, signs and POSTs a push message
 //! (RFC 8030 §5), knowing nothing of queues or storage.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use pushq_schemas::Urgency;
 use pushq_schemas::keys::{decode_auth, decode_p256dh};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use ring::rand::SystemRandom;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::addresses::{NonPublicAddress, PublicOnlyResolver};
 use super::ece::{self, EncryptError, UserAgentKeys};
@@ -19,6 +21,9 @@ use crate::metrics::Metrics;
 pub struct HttpSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// `PUSHQ_HTTPS_PROXY`: every push through this proxy. Without it no
+    /// proxy is used, whatever `HTTPS_PROXY`, `ALL_PROXY` or `HTTP_PROXY` say.
+    pub proxy: Option<PushProxy>,
 }
 
 impl Default for HttpSettings {
@@ -26,7 +31,50 @@ impl Default for HttpSettings {
         Self {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
+            proxy: None,
         }
+    }
+}
+
+/// An http(s) proxy the operator named for pushes. Its URL may carry
+/// credentials (sent as Proxy-Authorization), so Debug shows only its origin.
+#[derive(Clone)]
+pub struct PushProxy {
+    url: SecretString,
+    origin: String,
+}
+
+impl PushProxy {
+    /// An `http://` or `https://` URL with a host and nothing after the
+    /// port; the refusal never quotes the value, which may hold a password.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let url = url::Url::parse(value.trim()).map_err(|_| "is not a URL".to_owned())?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must be an http:// or https:// URL".to_owned());
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("has no host".to_owned());
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err("must name only the proxy's scheme, host and port".to_owned());
+        }
+        Ok(Self {
+            origin: url.origin().ascii_serialization(),
+            url: SecretString::from(url.as_str().to_owned()),
+        })
+    }
+
+    /// `http://proxy.internal:3128`, without credentials.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+impl fmt::Debug for PushProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushProxy")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,15 +145,27 @@ impl PushClient {
         metrics: Metrics,
     ) -> Result<Self, reqwest::Error> {
         install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             // A push service never redirects; following one would bypass the endpoint policy.
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(std::sync::Arc::new(PublicOnlyResolver))
             .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("pushq/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("pushq/", env!("CARGO_PKG_VERSION")));
+        let builder = match &settings.proxy {
+            // reqwest would honour HTTPS_PROXY, ALL_PROXY and HTTP_PROXY from
+            // the environment: a proxy resolves push services' names itself,
+            // around the address check, so an ambient one is never used.
+            None => builder
+                .no_proxy()
+                .dns_resolver(std::sync::Arc::new(PublicOnlyResolver)),
+            // The operator's proxy is the only peer: it resolves push
+            // services' names and answers for where they lead (the endpoint
+            // policy still applies here); its own name, often a private
+            // address, is resolved as the system does.
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.url.expose_secret())?),
+        };
+        let http = builder.build()?;
         Ok(Self {
             http,
             rng: SystemRandom::new(),
@@ -221,4 +281,85 @@ fn non_public_address(err: &reqwest::Error) -> Option<&NonPublicAddress> {
         source = cause.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::push::VapidPrivateKey;
+    use crate::push::limits::LimitSettings;
+
+    #[tokio::test]
+    async fn an_explicit_proxy_carries_the_push_with_its_credentials() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let proxy = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.expect("reads");
+                assert!(read > 0, "the request ended early");
+                head.extend_from_slice(&buffer[..read]);
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await
+                .expect("answers");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let settings = HttpSettings {
+            proxy: Some(PushProxy::parse(&format!("http://pushq:hunter2@{addr}")).expect("a URL")),
+            ..HttpSettings::default()
+        };
+        let client = PushClient::new(
+            VapidSigner::new(&VapidPrivateKey::generate(), "mailto:ops@example.com")
+                .expect("signer"),
+            EndpointPolicy::parse("push.example", true).expect("policy"),
+            Limits::new(LimitSettings::default()),
+            &settings,
+            Metrics::new(),
+        )
+        .expect("client");
+        // push.example resolves nowhere: only the proxy can take it there.
+        let response = client
+            .deliver(PushMessage {
+                endpoint: "http://push.example/push/1",
+                p256dh: "",
+                auth: "",
+                payload: b"",
+                ttl_seconds: 60,
+                urgency: Urgency::Normal,
+                topic: None,
+            })
+            .await
+            .expect("answered by the proxy");
+        assert_eq!(response.status, 201);
+        let head = proxy.await.expect("proxy task");
+        assert!(
+            head.starts_with("POST http://push.example/push/1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("proxy-authorization: basic"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_is_an_http_origin_and_hides_its_credentials() {
+        let proxy = PushProxy::parse("https://u:hunter2@proxy.internal:8443").expect("valid");
+        assert_eq!(proxy.origin(), "https://proxy.internal:8443");
+        assert!(!format!("{proxy:?}").contains("hunter2"));
+        for refused in ["", "proxy:3128", "socks5://proxy", "http://proxy/path?q"] {
+            assert!(PushProxy::parse(refused).is_err(), "{refused}");
+        }
+    }
 }
