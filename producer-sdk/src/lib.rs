@@ -181,7 +181,11 @@ impl Producer {
     /// as the typed methods. A `traceparent` already on the event is taken as
     /// the parent of the publish span when no span is current.
     pub async fn publish(&self, mut event: CloudEvent) -> Result<(), PublishError> {
-        let event_type = match ProducerEvent::parse(&event.event_type, event.data.as_ref()) {
+        // Bounded before it reaches a header: the id becomes the AMQP
+        // message-id, a short string of at most 255 bytes.
+        let parsed = ProducerEvent::parse(&event.event_type, event.data.as_ref())
+            .and_then(|parsed| event.check_bounds().map(|()| parsed));
+        let event_type = match parsed {
             Ok(parsed) => parsed.event_type(),
             Err(source) => {
                 return Err(PublishError::Invalid {

@@ -177,6 +177,16 @@ async fn invalid_events_are_refused_before_publishing_and_valid_ones_arrive() {
             InvalidKind::InvalidData
         );
     }
+    let mut long_id = pushq_producer::CloudEvent::new(
+        "pushq.notification.send",
+        "/sdk-test",
+        serde_json::to_value(NotificationSend::new(to_user(), None)).expect("json"),
+    );
+    long_id.id = "x".repeat(256);
+    assert_eq!(
+        invalid_kind(producer.publish(long_id).await.map(|()| String::new())),
+        InvalidKind::FieldTooLong
+    );
     assert!(
         broker.drain().await.is_empty(),
         "an invalid event was published"

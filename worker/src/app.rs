@@ -22,7 +22,7 @@ use crate::http::Observed;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::push::limits::Limits;
-use crate::push::{HttpSettings, PushClient, VapidPrivateKey, VapidSigner};
+use crate::push::{PushClient, VapidPrivateKey, VapidSigner};
 use crate::step::Source;
 use crate::store::{self, StoreError, subscriptions};
 
@@ -77,7 +77,7 @@ impl App {
             signer,
             settings.endpoint_policy.clone(),
             limits,
-            &HttpSettings::default(),
+            &settings.http_settings(),
             Metrics::new().labelling_push_services_by(settings.endpoint_policy.clone()),
         )
         .map_err(BuildError::Http)?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use pushq_schemas::data::ProducerEvent;
+use pushq_schemas::data::{ProducerEvent, validate_endpoint};
 use pushq_schemas::delays::DUE_WITHIN_MS;
 use pushq_schemas::{
     CloudEvent, InvalidEvent, InvalidKind, SubscriptionRegister, SubscriptionUnregister,
@@ -170,6 +170,9 @@ impl Pipeline {
             .collect();
         let known = match self.known_endpoints(&decoded).await {
             Ok(known) => known,
+            // One message's endpoint refused by the database: each is looked
+            // up on its own instead, where only that one fails.
+            Err(err) if err.refused_data().is_some() => KnownEndpoints::default(),
             Err(err) => {
                 tracing::warn!(error = %err, "looking up endpoints failed; the batch goes back to the queue");
                 return messages.iter().map(|_| Outcome::requeue()).collect();
@@ -227,6 +230,7 @@ impl Pipeline {
                     .get("to")?
                     .get("endpoint")?
                     .as_str()
+                    .filter(|endpoint| validate_endpoint(endpoint).is_ok())
                     .map(str::to_owned)
             })
             .collect();
