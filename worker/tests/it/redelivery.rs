@@ -3,8 +3,7 @@
 //! loses a dead letter, and never loops.
 
 use futures_util::StreamExt;
-use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use pushq_schemas::ResultReason;
 use serde_json::json;
@@ -13,28 +12,6 @@ use crate::helpers::{TestApp, WAIT, new_id, structured_properties};
 
 fn epoch_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// Publishes to a queue by the default exchange, as the worker passes its
-/// own messages on.
-async fn publish_to_queue(app: &TestApp, queue: &str, properties: BasicProperties, body: &[u8]) {
-    let confirm = app
-        .raw
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties.with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(confirm.is_ack() && confirm.take_message().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,8 +30,9 @@ async fn an_event_without_time_keeps_its_first_receipt_when_it_is_passed_on() {
         ShortString::from("x-pushq-not-before"),
         AMQPValue::LongLongInt(epoch_ms() + 3_000),
     );
-    publish_to_queue(
-        &app,
+    // Passed on by the default exchange, as the worker passes its own on.
+    app.publish_to(
+        "",
         &app.topology.due_queue(),
         structured_properties().with_headers(headers),
         event.to_string().as_bytes(),

@@ -273,10 +273,22 @@ impl TestApp {
 
     /// Publishes a raw AMQP message to the producer exchange.
     pub async fn publish_raw(&self, routing_key: &str, properties: BasicProperties, body: &[u8]) {
+        self.publish_to(&self.topology.exchange(), routing_key, properties, body)
+            .await;
+    }
+
+    /// Publishes a raw AMQP message to any exchange (`""`: to a queue by name).
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+        body: &[u8],
+    ) {
         let confirm = self
             .raw
             .basic_publish(
-                self.topology.exchange().into(),
+                exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
