@@ -327,3 +327,37 @@ async fn a_message_the_database_refuses_is_dead_lettered_and_its_batch_mates_go_
     assert_eq!(received.len(), count - 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_the_database_refuses_is_dead_lettered_and_the_others_are_stored() {
+    let app = TestApp::spawn().await;
+    sqlx::query("ALTER TABLE subscriptions ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')")
+        .execute(&app.pool)
+        .await
+        .expect("constraint");
+    let devices: Vec<_> = (0..5).map(|_| app.browser()).collect();
+    for (n, device) in devices.iter().enumerate() {
+        let user = if n == 2 { "poison" } else { "oscar" };
+        let event = json!({"specversion": "1.0", "id": new_id(), "source": "/tests",
+            "type": "pushq.subscription.register",
+            "data": {"user": user, "subscription": device.to_json()}});
+        app.publish_raw(
+            "pushq.subscription.register",
+            structured_properties(),
+            event.to_string().as_bytes(),
+        )
+        .await;
+    }
+    let letters = app.dead_letters(1).await;
+    assert_eq!(letters[0].kind, "invalid_data");
+    assert!(
+        letters[0].error.contains("SQLSTATE 23514"),
+        "{}",
+        letters[0].error
+    );
+    app.wait_until("the other four are stored", || async {
+        app.subscription_count().await == 4
+    })
+    .await;
+    app.stop().await;
+}
