@@ -5,6 +5,7 @@
 //! run, the crypto floor and the `web-push` crate's encryption.
 
 mod measure;
+mod repeats;
 mod scenarios;
 mod sink;
 

@@ -255,7 +255,13 @@ impl App {
             );
             Exit::GraceExceeded
         };
-        // Closing the channels hands anything unacked back to the broker.
+        // Closing the channels hands anything unacked back to the broker;
+        // what was acked must reach it first, or it comes back too.
+        for channel in &channels {
+            if let Err(err) = consume::settle_acks(channel, prefetch).await {
+                tracing::warn!(error = %err, "the last acks may not have reached the broker; their messages may come back");
+            }
+        }
         for channel in channels.iter().chain([publisher.channel()]) {
             let _ = channel.close(200, "pushq worker stopping".into()).await;
         }

@@ -36,3 +36,15 @@ pub async fn open(
         .map_err(amqp_error("starting a consumer"))?;
     Ok((channel, consumer))
 }
+
+/// Waits until the broker has applied every ack sent on `channel` so far.
+/// An ack has no reply, and a channel closed right after its last acks can
+/// lose them: the broker then hands those messages out again although they
+/// were handled. `basic.qos` is answered only after the frames before it,
+/// so its reply says the acks are in. `prefetch` is the channel's own.
+pub async fn settle_acks(channel: &Channel, prefetch: u16) -> Result<(), BrokerError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(amqp_error("waiting for the broker to take the last acks"))
+}
