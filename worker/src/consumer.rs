@@ -19,7 +19,7 @@ use crate::broker::BrokerError;
 use crate::broker::publisher::{Origin, Publisher, epoch_ms_now};
 use crate::pipeline::Pipeline;
 use crate::results;
-use crate::step::{FollowUp, Outcome, Received, Source};
+use crate::step::{FollowUp, Outcome, Received, Source, UNTRUSTED_HEADER};
 
 /// The most messages handled as one batch.
 const MAX_BATCH: usize = 64;
@@ -93,7 +93,12 @@ async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: 
     let messages: Vec<Received<'_>> = batch
         .iter()
         .map(|delivery| {
-            if delivery.exchange.as_str() == producer_exchange {
+            let untrusted = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .is_some_and(|headers| headers.contains_key(UNTRUSTED_HEADER));
+            if untrusted || delivery.exchange.as_str() == producer_exchange {
                 Received::from_producer(&delivery.properties, &delivery.data, queue)
             } else {
                 Received::new(&delivery.properties, &delivery.data, queue)
@@ -119,7 +124,8 @@ async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: 
             .zip(messages)
             .zip(outcomes)
             .map(|((delivery, message), outcome)| {
-                settle(delivery, outcome, workers).instrument(message.span)
+                let passed_on = passed_on_properties(delivery, message.from_producer);
+                settle(delivery, passed_on, outcome, workers).instrument(message.span)
             }),
     )
     .await;
@@ -127,7 +133,26 @@ async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: 
 
 /// Acks only once the outcome is durable. A failure to ack or to dead-letter
 /// leaves the message unacked, so the broker redelivers it: nothing is lost.
-async fn settle(delivery: &Delivery, outcome: Outcome, workers: &Workers) {
+/// The properties a message is passed on with (delayed or handed back): a
+/// producer's stays marked as one when it comes back by the default exchange.
+fn passed_on_properties(delivery: &Delivery, from_producer: bool) -> lapin::BasicProperties {
+    if !from_producer {
+        return delivery.properties.clone();
+    }
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        lapin::types::ShortString::from(UNTRUSTED_HEADER),
+        lapin::types::AMQPValue::LongString("true".into()),
+    );
+    delivery.properties.clone().with_headers(headers)
+}
+
+async fn settle(
+    delivery: &Delivery,
+    passed_on: lapin::BasicProperties,
+    outcome: Outcome,
+    workers: &Workers,
+) {
     let Workers {
         pipeline,
         publisher,
@@ -169,10 +194,10 @@ async fn settle(delivery: &Delivery, outcome: Outcome, workers: &Workers) {
                 }
             }
         }
-        Outcome::Requeue { after } => hand_back(delivery, after, publisher, stop).await,
+        Outcome::Requeue { after } => hand_back(delivery, passed_on, after, publisher, stop).await,
         Outcome::Delay { not_before_ms } => {
             match publisher
-                .delay_until(&delivery.data, delivery.properties.clone(), not_before_ms)
+                .delay_until(&delivery.data, passed_on, not_before_ms)
                 .await
             {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
@@ -256,6 +281,7 @@ async fn publish_follow_ups(
 /// the broker refuses the hand-over, it goes straight back to its queue.
 async fn hand_back(
     delivery: &Delivery,
+    passed_on: lapin::BasicProperties,
     after: Duration,
     publisher: &Publisher,
     stop: &CancellationToken,
@@ -263,7 +289,7 @@ async fn hand_back(
     if !stop.is_cancelled() {
         let due_ms = epoch_ms_now().saturating_add(u64::try_from(after.as_millis()).unwrap_or(0));
         match publisher
-            .delay_until(&delivery.data, delivery.properties.clone(), due_ms)
+            .delay_until(&delivery.data, passed_on, due_ms)
             .await
         {
             Ok(()) => return delivery.ack(BasicAckOptions::default()).await.map(drop),

@@ -15,7 +15,7 @@ use crate::broker::publisher::{
     header_str,
 };
 use crate::broker::{self, BrokerError, amqp_error};
-use crate::step::REPLAY_HEADER;
+use crate::step::{REPLAY_HEADER, UNTRUSTED_HEADER};
 
 /// Letters of one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -60,45 +60,76 @@ const BROKER_DEATH_HEADERS: [&str; 8] = [
 /// A letter's kind: ours (`x-pushq-error-kind`), or for one the broker
 /// dead-lettered, its reason (`delivery_limit`, `rejected`, `expired`,
 /// `maxlen`), which `dead replay --kind` filters on alike.
-fn letter_kind(headers: Option<&FieldTable>) -> String {
-    header_str(headers, ERROR_KIND_HEADER)
-        .or_else(|| header_str(headers, "x-first-death-reason"))
-        .unwrap_or_else(|| "unknown".into())
+fn letter_kind(headers: Option<&FieldTable>, topology: &Topology) -> String {
+    if let Some(death) = broker_death(headers, topology) {
+        return death.reason;
+    }
+    header_str(headers, ERROR_KIND_HEADER).unwrap_or_else(|| "unknown".into())
 }
 
-/// Where a letter goes back to: where the worker recorded it came from, or
-/// for one the broker dead-lettered, the exchange and routing key it was
-/// first published with (its oldest `x-death` entry), so that a producer's
-/// message comes back through the producer exchange as it first did.
-fn letter_origin(headers: Option<&FieldTable>) -> Option<(String, String)> {
+/// Where a letter goes back to. One the worker dead-lettered carries where
+/// it came from in our headers (the worker sets them, over any a producer
+/// sent). One the broker dead-lettered out of our queues carries headers
+/// nobody checked: it goes back to the queue it died in, marked untrusted,
+/// so the worker treats it as a producer's message whatever its headers
+/// and its `x-death` claim.
+fn letter_origin(headers: Option<&FieldTable>, topology: &Topology) -> Option<Origin> {
+    if let Some(death) = broker_death(headers, topology) {
+        return Some(Origin {
+            exchange: String::new(),
+            routing_key: death.queue,
+            untrusted: true,
+        });
+    }
     match (
         header_str(headers, ORIGIN_EXCHANGE_HEADER),
         header_str(headers, ORIGIN_ROUTING_KEY_HEADER),
     ) {
-        (Some(exchange), Some(routing_key)) => Some((exchange, routing_key)),
-        _ => first_death(headers?),
+        (Some(exchange), Some(routing_key)) => Some(Origin {
+            exchange,
+            routing_key,
+            untrusted: false,
+        }),
+        _ => None,
     }
 }
 
-/// The exchange and first routing key of the oldest `x-death` entry (the
-/// broker lists the most recent first).
-fn first_death(headers: &FieldTable) -> Option<(String, String)> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+struct Origin {
+    exchange: String,
+    routing_key: String,
+    untrusted: bool,
+}
+
+/// The queue a message died in and why, when the broker dead-lettered it
+/// out of one of our queues. The newest `x-death` entry is the broker's own
+/// (it matches entries by queue and reason, so a forged entry can only
+/// name the real queue); a message that lists one of our queues anywhere
+/// is taken as broker-made, the safe side.
+struct BrokerDeath {
+    queue: String,
+    reason: String,
+}
+
+fn broker_death(headers: Option<&FieldTable>, topology: &Topology) -> Option<BrokerDeath> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
         return None;
     };
-    let AMQPValue::FieldTable(death) = deaths.as_slice().last()? else {
-        return None;
-    };
-    let exchange = header_str(Some(death), "exchange")?;
-    let AMQPValue::FieldArray(keys) = death.inner().get("routing-keys")? else {
-        return None;
-    };
-    let routing_key = match keys.as_slice().first()? {
-        AMQPValue::LongString(key) => String::from_utf8_lossy(key.as_bytes()).into_owned(),
-        AMQPValue::ShortString(key) => key.as_str().to_owned(),
-        _ => return None,
-    };
-    Some((exchange, routing_key))
+    let ours = [
+        topology.jobs_queue(),
+        topology.due_queue(),
+        topology.subscriptions_queue(),
+        topology.feedback_queue(),
+    ];
+    deaths.as_slice().iter().find_map(|death| {
+        let AMQPValue::FieldTable(death) = death else {
+            return None;
+        };
+        let queue = header_str(Some(death), "queue")?;
+        ours.contains(&queue).then(|| BrokerDeath {
+            queue,
+            reason: header_str(Some(death), "reason").unwrap_or_else(|| "unknown".into()),
+        })
+    })
 }
 
 async fn message_count(connection: &Connection, topology: &Topology) -> Result<u32, BrokerError> {
@@ -159,7 +190,10 @@ pub async fn list(
         };
         list.read += 1;
         let headers = message.delivery.properties.headers().as_ref();
-        let summary = list.by_kind.entry(letter_kind(headers)).or_default();
+        let summary = list
+            .by_kind
+            .entry(letter_kind(headers, topology))
+            .or_default();
         summary.count += 1;
         if summary.sample.is_empty() {
             summary.sample = header_str(headers, ERROR_HEADER).unwrap_or_else(|| {
@@ -199,20 +233,20 @@ pub async fn replay(
         };
         let delivery = message.delivery;
         let headers = delivery.properties.headers().as_ref();
-        if kind.is_some_and(|kind| letter_kind(headers) != kind) {
+        if kind.is_some_and(|kind| letter_kind(headers, topology) != kind) {
             report.skipped += 1;
             continue;
         }
-        let Some((exchange, routing_key)) = letter_origin(headers) else {
+        let Some(origin) = letter_origin(headers, topology) else {
             report.without_origin += 1;
             continue;
         };
         publisher
             .publish(
-                &exchange,
-                &routing_key,
+                &origin.exchange,
+                &origin.routing_key,
                 &delivery.data,
-                replay_properties(&delivery.properties),
+                replay_properties(&delivery.properties, origin.untrusted),
             )
             .await?;
         delivery
@@ -227,8 +261,9 @@ pub async fn replay(
     Ok(report)
 }
 
-/// The original properties, without the dead-letter headers, marked as a replay.
-fn replay_properties(properties: &BasicProperties) -> BasicProperties {
+/// The original properties, without the dead-letter headers, marked as a
+/// replay (and as untrusted for one the broker dead-lettered).
+fn replay_properties(properties: &BasicProperties, untrusted: bool) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(original) = properties.headers() {
         for (name, value) in original {
@@ -247,5 +282,11 @@ fn replay_properties(properties: &BasicProperties) -> BasicProperties {
         ShortString::from(REPLAY_HEADER),
         AMQPValue::LongString(LongString::from("true")),
     );
+    if untrusted {
+        headers.insert(
+            ShortString::from(UNTRUSTED_HEADER),
+            AMQPValue::LongString(LongString::from("true")),
+        );
+    }
     properties.clone().with_headers(headers)
 }

@@ -20,6 +20,12 @@ pub const DEPENDENCY_BACKOFF: Duration = Duration::from_secs(1);
 /// Header a replay adds, so that exhausted deliveries may be attempted again.
 pub const REPLAY_HEADER: &str = "x-pushq-replay";
 
+/// Header a replay adds to a letter the broker dead-lettered: nothing about
+/// it was checked, so the worker treats it as a producer's message (its
+/// internal types and delay headers are not trusted). Anyone may add it; it
+/// only ever takes trust away.
+pub const UNTRUSTED_HEADER: &str = "x-pushq-untrusted";
+
 /// What to do with the message that was handled.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

@@ -179,9 +179,9 @@ impl Pipeline {
             }
         };
         let prepared = join_all(messages.iter().zip(decoded).map(|(message, event)| {
-            let first_received = (!message.from_producer)
-                .then(|| first_received_ms(message.properties))
-                .flatten()
+            // Anyone's header may only make the clock start earlier (the
+            // message expire sooner), so a producer's harms only its own.
+            let first_received = first_received_ms(message.properties)
                 .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).ok()?))
                 .map_or(received_at, |passed_on| passed_on.min(received_at));
             self.prepare(message, event, &known, first_received)

@@ -141,7 +141,8 @@ async fn an_exhausted_delivery_whose_dead_letter_went_missing_gets_it_on_redeliv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_as_it_was_published() {
+async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_to_the_queue_it_died_in()
+ {
     let mut app = TestApp::spawn().await;
     // No worker: the test is the consumer that keeps handing it back.
     app.stop_worker().await;
@@ -211,11 +212,7 @@ async fn a_message_the_broker_dead_letters_at_its_delivery_limit_is_replayed_as_
         )
         .await
         .expect("jobs queue");
-    assert_eq!(
-        queue.message_count(),
-        1,
-        "back through the exchange and routing key it was published with"
-    );
+    assert_eq!(queue.message_count(), 1, "back in the queue it died in");
     app.clean_up().await;
 }
 
@@ -360,4 +357,68 @@ async fn a_registration_the_database_refuses_is_dead_lettered_and_the_others_are
     })
     .await;
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_letter_the_broker_dead_lettered_is_replayed_as_a_producers_message() {
+    let mut app = TestApp::spawn().await;
+    let device = app.browser();
+    app.register(&device, "pete", &[]).await;
+    let subscription: uuid::Uuid = sqlx::query_scalar("SELECT id FROM subscriptions")
+        .fetch_one(&app.pool)
+        .await
+        .expect("stored");
+    app.stop_worker().await;
+    // A producer forges our dead-letter headers and an x-death naming the
+    // due queue, then has the broker dead-letter the message by expiring.
+    let carried = json!({"specversion": "1.0", "id": new_id(), "source": "/tests",
+        "type": "pushq.notification.send",
+        "data": {"to": {"user": "nobody"}, "payload": "forged", "ttl": 600}});
+    let forged = json!({"specversion": "1.0", "id": new_id(), "source": "/attacker",
+        "type": "pushq.internal.retry",
+        "data": {"event": carried, "subscriptions": [subscription],
+                 "first_received": chrono::Utc::now()}});
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("x-pushq-exchange", String::new()),
+        ("x-pushq-routing-key", app.topology.due_queue()),
+        ("x-pushq-error-kind", "retries_exhausted".to_owned()),
+    ] {
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(value.as_str().into()),
+        );
+    }
+    app.publish_raw(
+        "pushq.notification.send",
+        structured_properties()
+            .with_headers(headers)
+            .with_expiration("1".into()),
+        forged.to_string().as_bytes(),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while pushq_worker::dead::list(crate::helpers::AMQP_URL, &app.topology, 1)
+        .await
+        .expect("list")
+        .in_queue
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let report =
+        pushq_worker::dead::replay(crate::helpers::AMQP_URL, &app.topology, None, usize::MAX)
+            .await
+            .expect("replay");
+    assert_eq!(report.replayed, 1, "{report:?}");
+    let mut replica = app.spawn_replica().await;
+    let letters = app.dead_letters(1).await;
+    assert_eq!(letters[0].kind, "unknown_type", "{}", letters[0].error);
+    assert!(
+        app.fake.received_by(&device).is_empty(),
+        "the forged retry was delivered"
+    );
+    assert!(replica.terminate().await.success());
+    app.clean_up().await;
 }
