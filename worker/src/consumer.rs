@@ -19,7 +19,7 @@ use crate::broker::BrokerError;
 use crate::broker::publisher::{Origin, Publisher, epoch_ms_now};
 use crate::pipeline::Pipeline;
 use crate::results;
-use crate::step::{FollowUp, Outcome, Received, Source, UNTRUSTED_HEADER};
+use crate::step::{DEPENDENCY_BACKOFF, FollowUp, Outcome, Received, Source, UNTRUSTED_HEADER};
 
 /// The most messages handled as one batch.
 const MAX_BATCH: usize = 64;
@@ -170,8 +170,8 @@ async fn settle(
                 acked
             }
             Err(err) => {
-                tracing::error!(error = %err, "could not publish what the message led to; handing it back");
-                requeue(delivery, Duration::from_secs(1), stop).await
+                tracing::error!(error = %err, "could not publish what the message led to; it waits and comes back");
+                hand_back(delivery, passed_on, DEPENDENCY_BACKOFF, publisher, stop).await
             }
         },
         Outcome::DeadLetter(reason) => {
@@ -189,8 +189,8 @@ async fn settle(
                     delivery.ack(BasicAckOptions::default()).await.map(drop)
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "could not dead-letter; handing the message back");
-                    requeue(delivery, Duration::from_secs(1), stop).await
+                    tracing::error!(error = %err, "could not dead-letter; the message waits and comes back");
+                    hand_back(delivery, passed_on, DEPENDENCY_BACKOFF, publisher, stop).await
                 }
             }
         }
@@ -232,7 +232,8 @@ async fn publish_follow_ups(
             other => others.push(other),
         }
     }
-    results::publish(publisher, &result_events).await?;
+    let refused = results::publish(publisher, &result_events).await?;
+    pipeline.metrics().results_refused(refused);
     for follow_up in others {
         match follow_up {
             FollowUp::Result { .. } => {}

@@ -20,6 +20,7 @@ const IN_FLIGHT: &str = "pushq_in_flight";
 const RATE_LIMIT_WAIT: &str = "pushq_rate_limit_wait_seconds";
 const SUBSCRIPTIONS_DELETED: &str = "pushq_subscriptions_deleted_total";
 const SENDER_FAULTS: &str = "pushq_sender_faults_total";
+const RESULTS_REFUSED: &str = "pushq_results_refused_total";
 
 /// A push service answers in tens of milliseconds when healthy and is cut off
 /// by the request timeout (20 s) when not.
@@ -85,6 +86,10 @@ impl Metrics {
             (
                 SUBSCRIPTIONS_DELETED,
                 "Stored subscriptions deleted: gone, failing, or expired.",
+            ),
+            (
+                RESULTS_REFUSED,
+                "Result events a queue bound to the results exchange refused (full); not published again.",
             ),
             (
                 SENDER_FAULTS,
@@ -207,6 +212,11 @@ impl Metrics {
             ],
         )
         .increment(1);
+    }
+
+    pub fn results_refused(&self, count: usize) {
+        let counter = self.counter(RESULTS_REFUSED, Vec::new());
+        counter.increment(count as u64);
     }
 
     /// Counts one request in flight until the guard is dropped.

@@ -56,9 +56,13 @@ pub fn result_event(
 
 /// Publishes results in the structured mode, all confirmed. Not `mandatory`:
 /// results are a stream that any number of consumers (or none) may bind to.
-pub async fn publish(publisher: &Publisher, events: &[CloudEvent]) -> Result<(), BrokerError> {
+/// A result some bound queue refused (full, with `reject-publish`) is not
+/// published again: the other queues have it, and holding up delivery for
+/// one consumer's full queue would stop it for everyone. It is logged and
+/// counted instead. Returns how many were refused.
+pub async fn publish(publisher: &Publisher, events: &[CloudEvent]) -> Result<usize, BrokerError> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let messages = events
         .iter()
@@ -73,9 +77,16 @@ pub async fn publish(publisher: &Publisher, events: &[CloudEvent]) -> Result<(),
             )
         })
         .collect();
-    publisher
+    let refused = publisher
         .publish_batch(&publisher.topology().results_exchange(), messages)
-        .await
+        .await?;
+    if refused > 0 {
+        tracing::warn!(
+            refused,
+            "a queue bound to the results exchange refused result events (full?); they are not published again"
+        );
+    }
+    Ok(refused)
 }
 
 #[cfg(test)]

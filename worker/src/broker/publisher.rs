@@ -91,12 +91,14 @@ impl Publisher {
 
     /// Publishes several messages to one exchange (not `mandatory`), sending
     /// them all before waiting for their confirms, so a batch costs about one
-    /// round trip instead of one each.
+    /// round trip instead of one each. Returns how many the broker nacked (a
+    /// queue bound to the exchange refused them, e.g. full with
+    /// `x-overflow: reject-publish`); the other queues took them.
     pub async fn publish_batch(
         &self,
         exchange: &str,
         messages: Vec<(String, Vec<u8>, BasicProperties)>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<usize, BrokerError> {
         let mut confirms = Vec::with_capacity(messages.len());
         for (routing_key, body, properties) in messages {
             let confirm = self
@@ -110,20 +112,19 @@ impl Publisher {
                 )
                 .await
                 .map_err(amqp_error("publishing"))?;
-            confirms.push((routing_key, confirm));
+            confirms.push(confirm);
         }
-        for (routing_key, confirm) in confirms {
+        let mut nacked = 0;
+        for confirm in confirms {
             match confirm
                 .await
                 .map_err(amqp_error("awaiting a publisher confirm"))?
             {
                 Confirmation::Ack(_) => {}
-                Confirmation::Nack(_) | Confirmation::NotRequested => {
-                    return Err(BrokerError::Nacked { routing_key });
-                }
+                Confirmation::Nack(_) | Confirmation::NotRequested => nacked += 1,
             }
         }
-        Ok(())
+        Ok(nacked)
     }
 
     /// Hands a message to the delay queues: it comes back to the due queue

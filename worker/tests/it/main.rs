@@ -19,6 +19,7 @@ mod hostile_input;
 mod outcomes;
 mod proxy;
 mod redelivery;
+mod refusals;
 mod secrets;
 mod subscriptions;
 mod telemetry;
