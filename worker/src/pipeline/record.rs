@@ -100,7 +100,9 @@ impl Concluded {
         }
         match (self.status, self.reason) {
             (DeliveryStatus::Delivered, _) => Health::Success,
-            (DeliveryStatus::Failed, Some(reason)) if is_subscriptions_own(reason) => {
+            (DeliveryStatus::Failed, Some(reason))
+                if is_subscriptions_own(reason, self.http_status) =>
+            {
                 Health::Failure
             }
             _ => Health::Unchanged,

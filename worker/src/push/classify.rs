@@ -36,6 +36,18 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) 
             reason: ResultReason::Throttled,
             after,
         },
+        // A proxy or load balancer gave up waiting (408), or the connection
+        // reached a server that does not serve this origin (421, HTTP/2
+        // connection reuse): neither concerns the subscription, and a new
+        // attempt (on a new connection) may pass.
+        408 => Verdict::Retry {
+            reason: ResultReason::Timeout,
+            after,
+        },
+        421 => Verdict::Retry {
+            reason: ResultReason::ConnectionError,
+            after,
+        },
         // WNS answers 406 "Not Acceptable" when a channel is throttled.
         406 if after.is_some() => Verdict::Retry {
             reason: ResultReason::Throttled,
@@ -70,17 +82,18 @@ pub fn classify_error(err: &DeliveryError) -> Result<Verdict, Duration> {
     })
 }
 
-/// Whether a failure with `reason` is the subscription's own, so that it
-/// counts towards `PUSHQ_MAX_CONSECUTIVE_FAILURES` (DESIGN §4). Only an
-/// answer that singles out this endpoint does: `unexpected_status` (a
-/// redirect, a 200, a 405: the endpoint no longer leads to a push service).
-/// Everything else is ours or passing, and would empty the table if it
-/// counted: 401/403 refuse our VAPID key or subject, 400/413 the
-/// notification, `endpoint_refused` our own policy, an encryption or signing
+/// Whether a failure is the subscription's own, so that it counts towards
+/// `PUSHQ_MAX_CONSECUTIVE_FAILURES` (DESIGN §4). Only an answer that
+/// singles out this endpoint does: an `unexpected_status` that is a success
+/// or a redirect (a 200, a 301: the endpoint no longer leads to a push
+/// service). Everything else is ours or passing, and would empty the table
+/// if it counted: 401/403 refuse our VAPID key or subject, 400/413 the
+/// notification, another 4xx (407 from a proxy, say) our side of the
+/// connection, `endpoint_refused` our own policy, an encryption or signing
 /// error our side, and `retries_exhausted` a push service's outage. A gone
 /// subscription (404/410) is deleted at once, without counting.
-pub fn is_subscriptions_own(reason: ResultReason) -> bool {
-    matches!(reason, ResultReason::UnexpectedStatus)
+pub fn is_subscriptions_own(reason: ResultReason, status: Option<u16>) -> bool {
+    reason == ResultReason::UnexpectedStatus && status.is_some_and(|s| (200..400).contains(&s))
 }
 
 /// Whether a failure with `reason` is the sender's: our credentials or the
@@ -133,6 +146,20 @@ mod tests {
                 after: None
             }
         );
+        assert!(matches!(
+            verdict(408),
+            Verdict::Retry {
+                reason: ResultReason::Timeout,
+                ..
+            }
+        ));
+        assert!(matches!(
+            verdict(421),
+            Verdict::Retry {
+                reason: ResultReason::ConnectionError,
+                ..
+            }
+        ));
         for status in [500, 502, 503, 504] {
             assert!(matches!(
                 verdict(status),
@@ -169,12 +196,25 @@ mod tests {
             UnexpectedStatus,
         ]
         .into_iter()
-        .filter(|reason| is_subscriptions_own(*reason))
+        .filter(|reason| is_subscriptions_own(*reason, Some(301)))
         .collect();
         assert_eq!(counted, [UnexpectedStatus]);
         for reason in [Unauthorized, Forbidden, BadRequest, PayloadTooLarge] {
-            assert!(is_senders_fault(reason) && !is_subscriptions_own(reason));
+            assert!(is_senders_fault(reason) && !is_subscriptions_own(reason, Some(401)));
         }
+        for status in [200, 204, 301, 302, 307] {
+            assert!(
+                is_subscriptions_own(UnexpectedStatus, Some(status)),
+                "{status}"
+            );
+        }
+        for status in [405, 406, 407, 418, 451] {
+            assert!(
+                !is_subscriptions_own(UnexpectedStatus, Some(status)),
+                "{status}"
+            );
+        }
+        assert!(!is_subscriptions_own(UnexpectedStatus, None));
     }
 
     #[test]
