@@ -339,6 +339,13 @@ fn validate_subject(subject: &str) -> Result<(), ConfigError> {
     if host == "localhost" || host.ends_with(".localhost") {
         return refuse("is at localhost");
     }
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>();
+    if ip.is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified()) {
+        return refuse("is at a loopback address");
+    }
     Ok(())
 }
 
@@ -499,6 +506,9 @@ mod tests {
             "mailto:ops",
             "https://localhost/contact",
             "https://LocalHost:8443/",
+            "mailto:ops@127.0.0.1",
+            "mailto:ops@[::1]",
+            "https://127.0.0.1/contact",
             "http://example.com/contact",
             "ops@example.com",
         ] {
