@@ -131,8 +131,6 @@ async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: 
     .await;
 }
 
-/// Acks only once the outcome is durable. A failure to ack or to dead-letter
-/// leaves the message unacked, so the broker redelivers it: nothing is lost.
 /// The properties a message is passed on with (delayed or handed back): a
 /// producer's stays marked as one when it comes back by the default exchange.
 fn passed_on_properties(delivery: &Delivery, from_producer: bool) -> lapin::BasicProperties {
@@ -147,6 +145,9 @@ fn passed_on_properties(delivery: &Delivery, from_producer: bool) -> lapin::Basi
     delivery.properties.clone().with_headers(headers)
 }
 
+/// Acks only once the outcome is durable. What cannot be published now
+/// waits in the delay queues (or, when even that fails, goes back unacked,
+/// so the broker redelivers it): nothing is lost.
 async fn settle(
     delivery: &Delivery,
     passed_on: lapin::BasicProperties,
