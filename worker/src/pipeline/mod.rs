@@ -174,7 +174,7 @@ impl Pipeline {
             // up on its own instead, where only that one fails.
             Err(err) if err.refused_data().is_some() => KnownEndpoints::default(),
             Err(err) => {
-                tracing::warn!(error = %err, "looking up endpoints failed; the batch goes back to the queue");
+                tracing::warn!(error = %err, "looking up endpoints failed; the batch waits in the delay queues and comes back");
                 return messages.iter().map(|_| Outcome::requeue()).collect();
             }
         };
