@@ -111,6 +111,7 @@ async fn one_device_asked_to_wait_30_s_delays_no_other_device_of_its_push_servic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_devices_throttled_at_once_pause_the_push_service_for_the_shortest_wait_asked() {
     let app = TestApp::spawn().await;
+    let mut results = app.watch_results().await;
     let throttled: Vec<BrowserSubscription> =
         (0..BREAKER_THRESHOLD).map(|_| app.browser()).collect();
     for (n, device) in throttled.iter().enumerate() {
@@ -124,6 +125,14 @@ async fn many_devices_throttled_at_once_pause_the_push_service_for_the_shortest_
         .await
         .expect("every device answered 429");
     let tripped_at = Instant::now();
+    // The push service answered; the worker notes each answer just before
+    // it publishes its result, so once every result is out the breaker has
+    // tripped (sending earlier would race the last answer's handling).
+    let got = results.next(throttled.len()).await;
+    assert!(
+        got.iter()
+            .all(|r| r.event_type == "pushq.delivery.retrying")
+    );
     let later = app.browser();
     send_to(&app, &later, "sent while the push service is paused").await;
     let arrived = arrival(&app, &later).await;
@@ -137,6 +146,7 @@ async fn many_devices_throttled_at_once_pause_the_push_service_for_the_shortest_
         paused <= Duration::from_millis(3500),
         "paused for longer than the shortest wait asked (2 s): {paused:?}"
     );
+    results.close().await;
     app.stop().await;
 }
 
@@ -179,6 +189,7 @@ async fn each_retry_waits_the_delay_its_result_announced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_asked_to_wait_gets_no_other_notification_until_its_wait_is_over() {
     let app = TestApp::spawn_with(&[("PUSHQ_RETRY_DELAYS_MS", "100,100")]).await;
+    let mut results = app.watch_results().await;
     let device = app.browser();
     app.fake.script(&device, [Reply::throttled(3)]);
     send_to(&app, &device, "first").await;
@@ -187,6 +198,10 @@ async fn a_device_asked_to_wait_gets_no_other_notification_until_its_wait_is_ove
         .await
         .expect("the 429 was answered");
     let throttled_at = Instant::now();
+    // Once its result is out, the worker has noted the 429 (sending the
+    // second earlier would race the answer's handling).
+    let got = results.next(1).await;
+    assert_eq!(got[0].event_type, "pushq.delivery.retrying");
     send_to(&app, &device, "second").await;
     let mut received = app.fake.watch_received();
     tokio::time::timeout(WAIT, received.wait_for(|n| *n >= 2))
@@ -205,5 +220,6 @@ async fn a_device_asked_to_wait_gets_no_other_notification_until_its_wait_is_ove
         first_after >= Duration::from_millis(2900),
         "sent to again {first_after:?} after it asked to be left alone for 3 s"
     );
+    results.close().await;
     app.stop().await;
 }
