@@ -10,6 +10,13 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, WAIT, new_id, structured_properties};
 
+/// Waits for the one dead letter and checks its kind and what its reason says.
+async fn one_dead_letter(app: &TestApp, kind: &str, says: &str) {
+    let letters = app.dead_letters(1).await;
+    assert_eq!(letters[0].kind, kind, "{}", letters[0].error);
+    assert!(letters[0].error.contains(says), "{}", letters[0].error);
+}
+
 fn epoch_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -83,13 +90,7 @@ async fn internal_types_and_delay_headers_through_the_producer_exchange_are_not_
     )
     .await;
 
-    let letters = app.dead_letters(1).await;
-    assert_eq!(letters[0].kind, "unknown_type");
-    assert!(
-        letters[0].error.contains("worker's own route"),
-        "{}",
-        letters[0].error
-    );
+    one_dead_letter(&app, "unknown_type", "worker's own route").await;
     let received = app
         .fake
         .wait_for_received(1, WAIT)
@@ -133,8 +134,7 @@ async fn an_exhausted_delivery_whose_dead_letter_went_missing_gets_it_on_redeliv
     .await;
     let got = results.next(1).await;
     assert_eq!(got[0].data.reason, Some(ResultReason::RetriesExhausted));
-    let letters = app.dead_letters(1).await;
-    assert_eq!(letters[0].kind, "retries_exhausted");
+    one_dead_letter(&app, "retries_exhausted", "").await;
     assert!(app.fake.received_by(&device).is_empty(), "not sent again");
     results.close().await;
     app.stop().await;
@@ -309,13 +309,7 @@ async fn a_message_the_database_refuses_is_dead_lettered_and_its_batch_mates_go_
         )
         .await;
     }
-    let letters = app.dead_letters(1).await;
-    assert_eq!(letters[0].kind, "invalid_data");
-    assert!(
-        letters[0].error.contains("SQLSTATE 23514"),
-        "{}",
-        letters[0].error
-    );
+    one_dead_letter(&app, "invalid_data", "SQLSTATE 23514").await;
     let received = app
         .fake
         .wait_for_received(count - 1, WAIT)
@@ -345,13 +339,7 @@ async fn a_registration_the_database_refuses_is_dead_lettered_and_the_others_are
         )
         .await;
     }
-    let letters = app.dead_letters(1).await;
-    assert_eq!(letters[0].kind, "invalid_data");
-    assert!(
-        letters[0].error.contains("SQLSTATE 23514"),
-        "{}",
-        letters[0].error
-    );
+    one_dead_letter(&app, "invalid_data", "SQLSTATE 23514").await;
     app.wait_until("the other four are stored", || async {
         app.subscription_count().await == 4
     })
@@ -413,8 +401,7 @@ async fn a_forged_letter_the_broker_dead_lettered_is_replayed_as_a_producers_mes
             .expect("replay");
     assert_eq!(report.replayed, 1, "{report:?}");
     let mut replica = app.spawn_replica().await;
-    let letters = app.dead_letters(1).await;
-    assert_eq!(letters[0].kind, "unknown_type", "{}", letters[0].error);
+    one_dead_letter(&app, "unknown_type", "worker's own route").await;
     assert!(
         app.fake.received_by(&device).is_empty(),
         "the forged retry was delivered"
