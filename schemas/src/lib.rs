@@ -8,6 +8,7 @@ pub mod delays;
 pub mod envelope;
 pub mod error;
 pub mod event_types;
+mod field_errors;
 pub mod keys;
 pub mod payload;
 pub mod results;

@@ -5,9 +5,7 @@ mod results;
 
 mod messages;
 
-pub use messages::{
-    DeadLetter, assert_dead_letter_kinds, binary_properties, new_id, structured_properties,
-};
+pub use messages::{assert_dead_letter_kinds, binary_properties, new_id, structured_properties};
 pub use process::WorkerProcess;
 pub use results::ResultEvent;
 
@@ -15,11 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use pushq_fake_push::{BrowserSubscription, FakePushService};
 use pushq_producer::{Producer, PushSubscription, SubscriptionRegister};
@@ -306,51 +300,6 @@ impl TestApp {
             confirm.take_message().is_none(),
             "{routing_key} was unroutable"
         );
-    }
-
-    /// Waits for `count` dead letters and returns (kind, error, body, headers).
-    pub async fn dead_letters(&self, count: usize) -> Vec<DeadLetter> {
-        let channel = self.raw_connection.create_channel().await.expect("channel");
-        let mut consumer = channel
-            .basic_consume(
-                self.topology.dead_queue().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume dead letters");
-        let mut letters = Vec::new();
-        while letters.len() < count {
-            let delivery = tokio::time::timeout(WAIT, consumer.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("only {} of {count} dead letters arrived", letters.len())
-                })
-                .expect("consumer open")
-                .expect("delivery");
-            let headers = delivery.properties.headers().clone().unwrap_or_default();
-            let text = |name: &str| match headers.inner().get(name) {
-                Some(AMQPValue::LongString(s)) => {
-                    String::from_utf8_lossy(s.as_bytes()).into_owned()
-                }
-                _ => String::new(),
-            };
-            letters.push(DeadLetter {
-                kind: text("x-pushq-error-kind"),
-                error: text("x-pushq-error"),
-                body: delivery.data.clone(),
-                headers: headers.clone(),
-                expiration: delivery
-                    .properties
-                    .expiration()
-                    .as_ref()
-                    .map(|expiration| expiration.to_string()),
-            });
-            delivery.ack(BasicAckOptions::default()).await.expect("ack");
-        }
-        let _ = channel.close(200, "done".into()).await;
-        letters
     }
 
     /// Stops the worker and removes the database and topology.
