@@ -101,14 +101,21 @@ impl Pipeline {
             batches[p.job].retry(p.recipient.id, HELD_ELSEWHERE_RETRY_MS);
         }
         let claims = self.claim(jobs, &pending, batches).await?;
-        for p in &pending {
-            let key = jobs[p.job].key(&p.recipient);
-            if let Some(Claim::Granted {
-                attempt: 2..,
-                first_claimed,
-            }) = claims.get(&key)
-            {
-                jobs[p.job].received_no_later_than(*first_claimed);
+        // A delivery claimed again (its message redelivered after a crash)
+        // tells when its notification was first received. Most claims are
+        // first attempts: then no key is built twice.
+        let claimed_again = claims
+            .values()
+            .any(|claim| matches!(claim, Claim::Granted { attempt: 2.., .. }));
+        if claimed_again {
+            for p in &pending {
+                if let Some(Claim::Granted {
+                    attempt: 2..,
+                    first_claimed,
+                }) = claims.get(&jobs[p.job].key(&p.recipient))
+                {
+                    jobs[p.job].received_no_later_than(*first_claimed);
+                }
             }
         }
         let jobs: &[Job] = jobs;
