@@ -22,7 +22,7 @@
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use pushq_schemas::data::ProducerEvent;
 use pushq_schemas::event_types;
 use tracing::Instrument;
@@ -32,6 +32,7 @@ pub use pushq_schemas::{
     SubscriptionRegister, SubscriptionUnregister, Target, Topology, Urgency,
 };
 
+mod broker_logs;
 mod trace_context;
 
 /// Why an event was not published. Only `Broker` is worth retrying.
@@ -101,7 +102,7 @@ impl Producer {
         source: impl Into<String>,
     ) -> Result<Self, PublishError> {
         let broker = |action| move |source| PublishError::Broker { action, source };
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        let connection = broker_logs::connect(amqp_url)
             .await
             .map_err(broker("connecting"))?;
         let channel = connection
@@ -263,7 +264,9 @@ impl Producer {
             })?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+            // The returned message is dropped here unread: its body is the
+            // event, which no error or log may carry.
+            Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
             }),
