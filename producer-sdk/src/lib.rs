@@ -28,8 +28,9 @@ use pushq_schemas::event_types;
 use tracing::Instrument;
 
 pub use pushq_schemas::{
-    CloudEvent, InvalidEvent, InvalidKind, NotificationSend, PushSubscription, SubscriptionKeys,
-    SubscriptionRegister, SubscriptionUnregister, Target, Topology, Urgency,
+    CloudEvent, EndpointPolicy, InvalidEvent, InvalidKind, NotificationSend, PushSubscription,
+    Refusal, SubscriptionKeys, SubscriptionRegister, SubscriptionUnregister, Target, Topology,
+    Urgency,
 };
 
 mod broker_logs;
@@ -91,6 +92,8 @@ pub struct Producer {
     topology: Topology,
     source: String,
     content_mode: ContentMode,
+    /// `None`: registrations are left to the worker's check alone.
+    endpoint_policy: Option<EndpointPolicy>,
 }
 
 impl Producer {
@@ -133,12 +136,29 @@ impl Producer {
             topology,
             source: source.into(),
             content_mode: ContentMode::default(),
+            endpoint_policy: Some(EndpointPolicy::default()),
         })
     }
 
     /// Publishes in this content mode from now on.
     pub fn with_content_mode(mut self, content_mode: ContentMode) -> Self {
         self.content_mode = content_mode;
+        self
+    }
+
+    /// Refuses registrations whose endpoint this policy refuses, as the
+    /// worker would (it dead-letters them). The default is the worker's: the
+    /// public push services over https. Give the workers' settings with
+    /// [`EndpointPolicy::from_env`] (`PUSHQ_ENDPOINT_HOSTS`, `PUSHQ_ALLOW_HTTP`).
+    pub fn with_endpoint_policy(mut self, endpoint_policy: EndpointPolicy) -> Self {
+        self.endpoint_policy = Some(endpoint_policy);
+        self
+    }
+
+    /// Publishes registrations whatever their endpoint, for a producer that
+    /// feeds workers with other policies, or a test of the worker's refusal.
+    pub fn without_endpoint_check(mut self) -> Self {
+        self.endpoint_policy = None;
         self
     }
 
@@ -186,6 +206,7 @@ impl Producer {
         // message-id, a short string of at most 255 bytes.
         let parsed = ProducerEvent::parse(&event.event_type, event.data.as_ref())
             .and_then(|parsed| event.check_bounds().map(|()| parsed));
+        let parsed = parsed.and_then(|parsed| self.check_endpoint(&parsed).map(|()| parsed));
         let event_type = match parsed {
             Ok(parsed) => parsed.event_type(),
             Err(source) => {
@@ -216,6 +237,18 @@ impl Producer {
             span.record("otel.status_code", "error");
         }
         published
+    }
+
+    /// A registration the worker would refuse is refused here, before the
+    /// service believes it worked.
+    fn check_endpoint(&self, parsed: &ProducerEvent) -> Result<(), InvalidEvent> {
+        match (parsed, &self.endpoint_policy) {
+            (ProducerEvent::Register(register), Some(policy)) => policy
+                .check(&register.subscription.endpoint)
+                .map(drop)
+                .map_err(|refusal| InvalidEvent::new(InvalidKind::EndpointRefused, refusal.0)),
+            _ => Ok(()),
+        }
     }
 
     async fn publish_confirmed(

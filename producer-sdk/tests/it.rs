@@ -236,3 +236,58 @@ async fn an_event_no_queue_takes_is_an_error_not_a_silent_loss() {
     producer.close().await.expect("closes");
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_subscription_the_worker_would_refuse_is_refused_here() {
+    let broker = broker_with_probe_queue().await;
+    let producer = Producer::connect(AMQP_URL, broker.topology.clone(), "/sdk-test")
+        .await
+        .expect("connects");
+    broker.bind_probe().await;
+    let register = |endpoint: &str| SubscriptionRegister {
+        user: "u1".into(),
+        subscription: subscription(endpoint, P256DH, AUTH),
+        tags: vec![],
+    };
+
+    for (endpoint, origin, why) in [
+        (
+            "http://fcm.googleapis.com/fcm/send/plain-http-path",
+            "http://fcm.googleapis.com",
+            "only https",
+        ),
+        (
+            "https://push.example.net/wpush/elsewhere-path",
+            "https://push.example.net",
+            "not an allowed push service",
+        ),
+    ] {
+        match producer.register(&register(endpoint)).await {
+            Err(PublishError::Invalid { source, .. }) => {
+                assert_eq!(source.kind, InvalidKind::EndpointRefused);
+                assert!(source.message.contains(origin), "{source}");
+                assert!(source.message.contains(why), "{source}");
+                assert!(!source.message.contains("-path"), "the path: {source}");
+            }
+            other => panic!("{endpoint} was not refused: {other:?}"),
+        }
+    }
+    assert!(
+        broker.drain().await.is_empty(),
+        "a refused subscription was published"
+    );
+
+    // The workers' own settings allow it: so does the SDK given them.
+    let producer = producer.with_endpoint_policy(
+        pushq_producer::EndpointPolicy::from_settings(Some("push.example.net"), None)
+            .expect("policy"),
+    );
+    producer
+        .register(&register("https://push.example.net/wpush/elsewhere-path"))
+        .await
+        .expect("allowed by the policy given");
+    assert_eq!(broker.drain().await.len(), 1);
+
+    producer.close().await.expect("closes");
+    broker.cleanup().await;
+}

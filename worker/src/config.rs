@@ -8,7 +8,6 @@ use pushq_schemas::Topology;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::push::client::PushProxy;
-use crate::push::endpoint_policy::DEFAULT_ENDPOINT_HOSTS;
 use crate::push::limits::{
     DEFAULT_RATE_LIMIT, DEFAULT_RATE_LIMITS, LimitSettings, parse_rate_limits,
 };
@@ -116,13 +115,12 @@ impl Settings {
         let topology =
             Topology::new(get("PUSHQ_TOPOLOGY_PREFIX").unwrap_or_else(|| "pushq".into()))
                 .map_err(|why| ConfigError(format!("PUSHQ_TOPOLOGY_PREFIX: {why}")))?;
-        let allow_http = parse_bool("PUSHQ_ALLOW_HTTP", get("PUSHQ_ALLOW_HTTP"))?;
-        let hosts = get("PUSHQ_ENDPOINT_HOSTS").unwrap_or_else(|| DEFAULT_ENDPOINT_HOSTS.into());
-        let endpoint_policy = EndpointPolicy::parse(&hosts, allow_http).map_err(|why| {
-            ConfigError(format!(
-                "PUSHQ_ENDPOINT_HOSTS must list hosts as host, host:port or host:* separated by commas: {why}"
-            ))
-        })?;
+        // Read by the contract's own function, as the SDK reads it.
+        let endpoint_policy = EndpointPolicy::from_settings(
+            get("PUSHQ_ENDPOINT_HOSTS").as_deref(),
+            get("PUSHQ_ALLOW_HTTP").as_deref(),
+        )
+        .map_err(ConfigError)?;
         let https_proxy = get("PUSHQ_HTTPS_PROXY")
             .map(|value| {
                 PushProxy::parse(&value).map_err(|why| {
@@ -347,16 +345,6 @@ fn validate_subject(subject: &str) -> Result<(), ConfigError> {
         return refuse("is at a loopback address");
     }
     Ok(())
-}
-
-fn parse_bool(name: &str, value: Option<String>) -> Result<bool, ConfigError> {
-    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("false" | "0" | "no") => Ok(false),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some(other) => Err(ConfigError(format!(
-            "{name} must be true or false, not {other:?}"
-        ))),
-    }
 }
 
 fn parse_number<T>(name: &str, value: Option<String>, default: T, min: T) -> Result<T, ConfigError>

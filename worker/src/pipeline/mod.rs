@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::broker::decode::decode;
 use crate::broker::publisher::{epoch_ms_now, first_received_ms, header_str, not_before_ms};
 use crate::metrics::Metrics;
+use crate::push::endpoint_policy::check_resolved;
 use crate::push::{OriginPauses, PushClient};
 use crate::retry::RetrySchedule;
 use crate::step::{Outcome, REPLAY_HEADER, Received};
@@ -297,11 +298,8 @@ impl Pipeline {
     }
 
     async fn register(&self, register: &SubscriptionRegister) -> Result<Outcome, StoreError> {
-        if let Err(refusal) = self
-            .push
-            .policy()
-            .check_resolved(&register.subscription.endpoint)
-            .await
+        if let Err(refusal) =
+            check_resolved(self.push.policy(), &register.subscription.endpoint).await
         {
             return Ok(Outcome::DeadLetter(InvalidEvent::new(
                 InvalidKind::EndpointRefused,

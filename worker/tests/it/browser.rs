@@ -44,9 +44,14 @@ fn push_manager_stub(subscription: &Value) -> String {
 /// Starts the example's backend, publishing to this test's topology with
 /// its worker's VAPID key; returns its origin.
 async fn serve_example(app: &TestApp) -> String {
+    // The example is given the worker's settings, as its README says.
+    let policy =
+        pushq_producer::EndpointPolicy::from_settings(Some(&app.fake.host_entry()), Some("true"))
+            .expect("the test's endpoint policy");
     let producer = Producer::connect(AMQP_URL, app.topology.clone(), "/example-web")
         .await
-        .expect("producer");
+        .expect("producer")
+        .with_endpoint_policy(policy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
