@@ -11,12 +11,18 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+
 use pushq_producer::{
-    NotificationSend, Producer, PublishError, PushSubscription, SubscriptionRegister,
+    InvalidKind, NotificationSend, Producer, PublishError, PushSubscription, SubscriptionRegister,
     SubscriptionUnregister, Target,
 };
 use serde::Deserialize;
 use serde_json::json;
+
+mod json_body;
+pub mod vapid_key;
+
+use json_body::JsonBody;
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
@@ -28,6 +34,9 @@ const NOTIFICATION_TTL_SECONDS: u32 = 3600;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// Configured with the workers' endpoint policy
+    /// (`Producer::with_endpoint_policy`), so that a subscription they would
+    /// refuse is refused here, in the answer the page shows.
     pub producer: Arc<Producer>,
     /// base64url, as `pushq-worker vapid public` prints it.
     pub vapid_public_key: String,
@@ -82,7 +91,10 @@ struct Subscribe {
     tags: Vec<String>,
 }
 
-async fn subscribe(State(state): State<AppState>, Json(request): Json<Subscribe>) -> Response {
+async fn subscribe(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<Subscribe>,
+) -> Response {
     let register = SubscriptionRegister {
         user: request.user,
         subscription: request.subscription,
@@ -100,7 +112,10 @@ struct Unsubscribe {
     endpoint: String,
 }
 
-async fn unsubscribe(State(state): State<AppState>, Json(request): Json<Unsubscribe>) -> Response {
+async fn unsubscribe(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<Unsubscribe>,
+) -> Response {
     let unregister = SubscriptionUnregister::Endpoint(request.endpoint);
     answer(
         state.producer.unregister(&unregister).await,
@@ -120,7 +135,7 @@ struct Notify {
     tag: Option<String>,
 }
 
-async fn notify(State(state): State<AppState>, Json(request): Json<Notify>) -> Response {
+async fn notify(State(state): State<AppState>, JsonBody(request): JsonBody<Notify>) -> Response {
     // What the service worker reads to show the notification.
     let payload = json!({
         "title": request.title,
@@ -135,10 +150,20 @@ async fn notify(State(state): State<AppState>, Json(request): Json<Notify>) -> R
 }
 
 /// The event id on success; a contract violation is the caller's fault (400),
-/// anything else ours (503, worth retrying).
+/// an endpoint the push policy refuses too (422: well-formed, but no worker
+/// would deliver to it), anything else ours (503, worth retrying).
 fn answer(published: Result<String, PublishError>, success: StatusCode) -> Response {
     match published {
         Ok(id) => (success, Json(json!({ "id": id }))).into_response(),
+        Err(PublishError::Invalid { source, .. })
+            if source.kind == InvalidKind::EndpointRefused =>
+        {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": source.message })),
+            )
+                .into_response()
+        }
         Err(err @ PublishError::Invalid { .. }) => (
             StatusCode::BAD_REQUEST,
             Json(json!({ "error": err.to_string() })),

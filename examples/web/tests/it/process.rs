@@ -1,0 +1,94 @@
+//! The built binary: a private key given as the public one stops it with the
+//! sentence that says so; SIGTERM stops it cleanly, exit 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{AMQP_URL, P256DH, unique_prefix};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// A raw P-256 private key, as `pushq-worker vapid generate` prints one.
+const PRIVATE_KEY: &str = "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94";
+
+fn start(public_key: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushq-example-web"))
+        .env("PUSHQ_VAPID_PUBLIC_KEY", public_key)
+        .env("PUSHQ_AMQP_URL", AMQP_URL)
+        .env("PUSHQ_TOPOLOGY_PREFIX", unique_prefix())
+        .env("EXAMPLE_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, received)
+}
+
+fn wait_for_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the example did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every line until one contains `needle`, bounded by [`WAIT`].
+fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {needle:?} within {WAIT:?}: {seen:#?}");
+}
+
+#[test]
+fn a_private_key_as_the_public_one_stops_it_with_a_sentence() {
+    let (mut child, lines) = start(PRIVATE_KEY);
+    let status = wait_for_exit(&mut child);
+    assert!(!status.success(), "{status}");
+    let seen = wait_for_line(&lines, "this looks like the private key");
+    assert!(
+        seen.iter().all(|line| !line.contains(PRIVATE_KEY)),
+        "the key is never printed: {seen:#?}"
+    );
+}
+
+#[test]
+fn sigterm_stops_it_cleanly() {
+    let (mut child, lines) = start(P256DH);
+    wait_for_line(&lines, "the example is on");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = wait_for_exit(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}");
+}
