@@ -1,7 +1,7 @@
 //! Registers a browser subscription and sends it a notification.
 //!
 //! ```sh
-//! cargo run -p pushq-producer --example send_notification -- '<PushSubscription JSON>'
+//! cargo run --release -p pushq-producer --example send_notification -- '<PushSubscription JSON>'
 //! ```
 //! With no argument it registers nothing and sends to the user `example-user`.
 
