@@ -125,14 +125,18 @@ where
                 why,
             });
         }
-        tracing::warn!(
-            dependency = dependency.name,
-            variable = dependency.variable,
-            address = %dependency.address,
-            retry_in_ms = delay.as_millis() as u64,
-            "waiting for {dependency}: {why}; next attempt in {:.1} s",
-            delay.as_secs_f64()
-        );
+        // A command run by hand ends with the one sentence that says it
+        // all; a worker's log shows every attempt.
+        if patience == Patience::Forever {
+            tracing::warn!(
+                dependency = dependency.name,
+                variable = dependency.variable,
+                address = %dependency.address,
+                retry_in_ms = delay.as_millis() as u64,
+                "waiting for {dependency}: {why}; next attempt in {:.1} s",
+                delay.as_secs_f64()
+            );
+        }
         tokio::time::sleep(delay).await;
     }
 }

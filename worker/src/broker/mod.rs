@@ -29,6 +29,9 @@ pub enum BrokerError {
     },
     #[error("the consumer of {queue} was closed by the broker")]
     ConsumerClosed { queue: String },
+    /// Unreachable, or refused: the sentence names the variable to look at.
+    #[error("{0}")]
+    Unavailable(#[source] DependencyError),
 }
 
 pub fn amqp_error(action: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {

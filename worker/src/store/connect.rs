@@ -77,7 +77,8 @@ async fn reach(
     dependency::wait_for(&dependency(&options), patience, || {
         answers(&options, missing)
     })
-    .await?;
+    .await
+    .map_err(StoreError::Unavailable)?;
     // The server just answered, so the pool may open its connections as
     // they are needed.
     Ok(PgPoolOptions::new()

@@ -26,8 +26,9 @@ pub enum StoreError {
     #[error("applying migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     /// Unreachable, or refused: the sentence names the variable to look at.
-    #[error(transparent)]
-    Unavailable(#[from] crate::dependency::DependencyError),
+    /// Its own text, and its source too, so that callers find it in the chain.
+    #[error("{0}")]
+    Unavailable(#[source] crate::dependency::DependencyError),
 }
 
 impl StoreError {
