@@ -190,7 +190,9 @@ async fn one_shot_commands_try_once_and_report_the_refusal() {
     let nothing_at = free_local_addr();
     let unreachable_database = format!("postgres://postgres@{nothing_at}/pushq");
     let unreachable_broker = format!("amqp://guest:guest@{nothing_at}/%2f");
-    let cases: [(&[&str], (&str, &str), String, i32); 4] = [
+    // (arguments, the one variable set, what stderr says, exit status)
+    type Case<'a> = (&'a [&'a str], (&'a str, &'a str), String, i32);
+    let cases: [Case; 4] = [
         (
             &["subscriptions", "list"],
             ("PUSHQ_DATABASE_URL", &unreachable_database),
