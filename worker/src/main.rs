@@ -116,10 +116,14 @@ fn main() -> ExitCode {
 async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => {
-            let settings_http_addr = settings.http_addr;
+            let http_addr = settings.http_addr;
             // Installed first: a worker still waiting for its database stops on a signal too.
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let (_, serving) =
+                pushq_worker::http::serve_while_starting(http_addr, shutdown.clone())
+                    .await
+                    .with_context(|| format!("while binding PUSHQ_HTTP_ADDR {http_addr}"))?;
             let app = tokio::select! {
                 built = App::build(settings) => match built {
                     Ok(app) => app,
@@ -131,9 +135,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 },
                 () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
             };
-            pushq_worker::http::serve(settings_http_addr, app.observed(), shutdown.clone())
-                .await
-                .with_context(|| format!("while binding PUSHQ_HTTP_ADDR {settings_http_addr}"))?;
+            serving.send_replace(Some(app.observed()));
             Ok(match app.run(shutdown).await {
                 Exit::Clean => ExitCode::SUCCESS,
                 Exit::GraceExceeded => ExitCode::FAILURE,

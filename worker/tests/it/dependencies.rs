@@ -10,8 +10,8 @@ use pushq_schemas::Topology;
 use pushq_worker::push::VapidPrivateKey;
 
 use crate::helpers::{
-    AMQP_URL, Forwarder, WAIT, WorkerProcess, drop_database, free_local_addr, postgres_base,
-    unique, wait_ready,
+    AMQP_URL, Forwarder, WAIT, WorkerProcess, drop_database, free_local_addr, http_get,
+    postgres_base, unique, wait_ready,
 };
 
 fn postgres_addr() -> SocketAddr {
@@ -126,12 +126,22 @@ async fn run_waits_for_postgresql_then_rabbitmq_one_line_per_attempt_and_starts_
     let waiting_for_database =
         format!("waiting for PostgreSQL at {database_at} (PUSHQ_DATABASE_URL): connection refused");
     worker.wait_for_lines(&waiting_for_database, 2).await;
+    // Waiting is not dead: an orchestrator's liveness probe must not kill it.
+    let http_addr: SocketAddr = vars["PUSHQ_HTTP_ADDR"].parse().expect("an address");
+    assert_eq!(
+        http_get(http_addr, "/healthz").await.expect("answers").0,
+        200
+    );
+    assert_eq!(
+        http_get(http_addr, "/readyz").await.expect("answers"),
+        (503, "starting: waiting for the database".into())
+    );
     let _database = Forwarder::start(database_at, postgres_addr()).await;
     let waiting_for_broker =
         format!("waiting for RabbitMQ at {broker_at} (PUSHQ_AMQP_URL): connection refused");
     worker.wait_for_lines(&waiting_for_broker, 2).await;
     let _broker = Forwarder::start(broker_at, broker_addr()).await;
-    wait_ready(vars["PUSHQ_HTTP_ADDR"].parse().expect("an address")).await;
+    wait_ready(http_addr).await;
 
     let status = worker.terminate().await;
     assert!(status.success(), "{status}");
