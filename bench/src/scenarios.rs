@@ -107,9 +107,10 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
     let crypto_floor_us = measure::ece_us(3000, options.payload_bytes);
     let vapid_us = measure::vapid_sign_us(500);
     let web_push_us = measure::web_push_crate_us(3000, options.payload_bytes);
-    let pool = pushq_worker::store::prepare(&database_url(), 4)
-        .await
-        .context("while preparing the benchmark database (is PostgreSQL running?)")?;
+    let pool =
+        pushq_worker::store::prepare(&database_url(), 4, pushq_worker::dependency::Patience::ONCE)
+            .await
+            .context("while preparing the benchmark database (is PostgreSQL running?)")?;
     let topology = Topology::new(format!(
         "pushq-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -1,11 +1,12 @@
 //! The worker as a value: built from settings, then run until a token says
-//! stop. A lost broker connection is never fatal: the app reconnects with
-//! backoff and reports readiness as it goes.
+//! stop. It waits for RabbitMQ and PostgreSQL as crate::dependency says: a
+//! lost broker connection is never fatal (the app reconnects with backoff
+//! and reports readiness as it goes), a refusal is.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::future::try_join_all;
 use lapin::Connection;
 use pushq_schemas::Topology;
@@ -18,6 +19,8 @@ use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError, consume, topology};
 use crate::config::{ConfigError, Settings};
 use crate::consumer;
+use crate::dependency::{self, Patience};
+use crate::error_text;
 use crate::http::Observed;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -45,6 +48,9 @@ pub enum Exit {
     Clean,
     /// Work was still running at the deadline; it went back to the broker.
     GraceExceeded,
+    /// The broker refused this replica (credentials, virtual host,
+    /// permissions): waiting cannot fix it, so it stops; the log says why.
+    Refused,
 }
 
 #[derive(Debug)]
@@ -54,6 +60,9 @@ pub struct App {
     ready: watch::Sender<bool>,
     consumer_tag: String,
     replica: uuid::Uuid,
+    /// Whether the current connection got as far as consuming, so that a
+    /// loss resets the reconnect backoff.
+    consumed_since_connecting: AtomicBool,
 }
 
 impl App {
@@ -69,8 +78,12 @@ impl App {
         key: &VapidPrivateKey,
         subject: &str,
     ) -> Result<Self, BuildError> {
-        let pool =
-            store::prepare(settings.database_url(), settings.database_max_connections).await?;
+        let pool = store::prepare(
+            settings.database_url(),
+            settings.database_max_connections,
+            Patience::Forever,
+        )
+        .await?;
         let signer = VapidSigner::new(key, subject).map_err(|_| BuildError::Vapid)?;
         let limits = Limits::new(settings.limits.clone());
         let push = PushClient::new(
@@ -105,6 +118,7 @@ impl App {
             ready: watch::channel(false).0,
             consumer_tag,
             replica,
+            consumed_since_connecting: AtomicBool::new(false),
         })
     }
 
@@ -163,10 +177,24 @@ impl App {
     }
 
     async fn consume_until(&self, shutdown: &CancellationToken) -> Exit {
-        let mut delays = reconnect_backoff();
+        let url = self.settings.amqp_url();
+        let mut delays = dependency::backoff();
         loop {
-            let result = self.run_connected(shutdown).await;
+            let connection = tokio::select! {
+                reached = broker::reach(url, &self.consumer_tag, Patience::Forever) => match reached {
+                    Ok(connection) => connection,
+                    Err(refused) => {
+                        tracing::error!("{refused}");
+                        return Exit::Refused;
+                    }
+                },
+                () = shutdown.cancelled() => return Exit::Clean,
+            };
+            let result = self.consume(&connection, shutdown).await;
             let _ = self.ready.send(false);
+            if let Err(err) = connection.close(200, "pushq worker stopping".into()).await {
+                tracing::debug!(error = %err, "closing the broker connection");
+            }
             let err = match result {
                 Ok(exit) => return exit,
                 Err(err) => err,
@@ -174,25 +202,28 @@ impl App {
             if shutdown.is_cancelled() {
                 return Exit::Clean;
             }
+            // A connection that never got as far as consuming (a queue
+            // declared with other arguments, a missing permission) would
+            // otherwise fail again at once, in a loop.
+            if self
+                .consumed_since_connecting
+                .swap(false, Ordering::Relaxed)
+            {
+                delays = dependency::backoff();
+            }
             let delay = delays.next().unwrap_or(Duration::from_secs(10));
-            tracing::error!(error = %err, cause = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+            tracing::warn!(
+                retry_in_ms = delay.as_millis() as u64,
+                "lost {}: {}; reconnecting in {:.1} s",
+                broker::dependency(url),
+                error_text::sentence(&err),
+                delay.as_secs_f64()
+            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return Exit::Clean,
             }
-            if *self.ready.borrow() {
-                delays = reconnect_backoff();
-            }
         }
-    }
-
-    async fn run_connected(&self, shutdown: &CancellationToken) -> Result<Exit, BrokerError> {
-        let connection = broker::connect(self.settings.amqp_url(), &self.consumer_tag).await?;
-        let result = self.consume(&connection, shutdown).await;
-        if let Err(err) = connection.close(200, "pushq worker stopping".into()).await {
-            tracing::debug!(error = %err, "closing the broker connection");
-        }
-        result
     }
 
     async fn consume(
@@ -219,6 +250,8 @@ impl App {
             consumers.push((queue, source, consumer));
         }
         let _ = self.ready.send(true);
+        self.consumed_since_connecting
+            .store(true, Ordering::Relaxed);
         tracing::info!(prefix = topology.prefix(), prefetch, "consuming");
 
         let stop = shutdown.child_token();
@@ -323,24 +356,4 @@ async fn sweep(
             tracing::warn!(error = %err, "pruning dead replicas failed");
         }
     }
-}
-
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// The causes under an error, for a log line that shows each once.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    causes.join(": ")
 }

@@ -237,17 +237,9 @@ impl Settings {
             Some(_) => return Err(ConfigError("PUSHQ_LOG_FORMAT must be text or json".into())),
         };
         let amqp_url = get("PUSHQ_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError(
-                "PUSHQ_AMQP_URL must be an amqp:// or amqps:// URL".into(),
-            ));
-        }
+        urls::check_amqp_url(&amqp_url)?;
         let database_url = get("PUSHQ_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError(
-                "PUSHQ_DATABASE_URL must be a postgres:// or postgresql:// URL".into(),
-            ));
-        }
+        urls::check_database_url(&database_url)?;
         Ok(Self {
             amqp_url: amqp_url.into(),
             database_url: database_url.into(),
@@ -394,6 +386,8 @@ fn parse_delays(value: &str) -> Result<Vec<Duration>, ConfigError> {
         ))),
     }
 }
+
+mod urls;
 
 #[cfg(test)]
 mod tests;

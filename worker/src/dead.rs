@@ -15,6 +15,7 @@ use crate::broker::publisher::{
     header_str,
 };
 use crate::broker::{self, BrokerError, amqp_error};
+use crate::dependency::Patience;
 use crate::step::{REPLAY_HEADER, UNTRUSTED_HEADER};
 
 /// Letters of one kind.
@@ -174,7 +175,9 @@ pub async fn list(
     topology: &Topology,
     limit: usize,
 ) -> Result<DeadLetterList, BrokerError> {
-    let connection = broker::connect(amqp_url, "pushq-dead-list").await?;
+    let connection = broker::reach(amqp_url, "pushq-dead-list", Patience::ONCE)
+        .await
+        .map_err(BrokerError::Unavailable)?;
     let in_queue = message_count(&connection, topology).await?;
     let channel = connection
         .create_channel()
@@ -216,7 +219,9 @@ pub async fn replay(
     kind: Option<&str>,
     limit: usize,
 ) -> Result<ReplayReport, BrokerError> {
-    let connection = broker::connect(amqp_url, "pushq-dead-replay").await?;
+    let connection = broker::reach(amqp_url, "pushq-dead-replay", Patience::ONCE)
+        .await
+        .map_err(BrokerError::Unavailable)?;
     let in_queue = message_count(&connection, topology).await?;
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     let channel = connection

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,10 +18,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Exit};
-use crate::broker::topology;
+use crate::broker::{self, topology};
 use crate::config::Settings;
+use crate::dependency::Patience;
 use crate::push::{EndpointPolicy, VapidPrivateKey};
-use crate::store::subscriptions;
+use crate::store::{self, deliveries, subscriptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -60,6 +62,9 @@ impl DemoSummary {
 
 const SUBJECT: &str = "mailto:demo@pushq.example";
 
+/// How long the demo waits for RabbitMQ and PostgreSQL before saying how to start them.
+const DEMO_PATIENCE: Patience = Patience::Within(Duration::from_secs(3));
+
 pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let topology = Topology::new(format!("{}-demo-{run_id}", settings.topology.prefix()))
@@ -72,6 +77,16 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
     settings.endpoint_policy =
         EndpointPolicy::parse(&fake.host_entry(), true).map_err(anyhow::Error::msg)?;
     let user_prefix = format!("demo-{run_id}-");
+    let event_source = format!("/pushq/demo/{run_id}");
+
+    // On a machine where RabbitMQ or PostgreSQL is not running, a few
+    // seconds and one sentence, not a worker waiting for them for ever.
+    let broker = broker::reach(settings.amqp_url(), "pushq-demo-check", DEMO_PATIENCE).await?;
+    let _ = broker.close(200, "reachable".into()).await;
+    store::prepare(settings.database_url(), 1, DEMO_PATIENCE)
+        .await?
+        .close()
+        .await;
 
     let app = App::build_with_vapid(settings.clone(), &key, SUBJECT)
         .await
@@ -85,31 +100,48 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
         .context("the worker did not start consuming within 30 s: is RabbitMQ running?")?
         .context("the worker stopped")?;
 
-    let result = exercise(&settings, &topology, &fake, &key, &pool, &user_prefix, args).await;
+    let made = Made {
+        topology: &topology,
+        user_prefix: &user_prefix,
+        event_source: &event_source,
+    };
+    let result = exercise(&settings, &made, &fake, &key, &pool, args).await;
 
     shutdown.cancel();
     let exit = worker.await.context("the worker task failed")?;
-    cleanup(&settings, &topology, &pool, &user_prefix).await;
+    cleanup(&settings, &made, &pool).await;
     if exit != Exit::Clean {
         bail!("the worker did not stop cleanly");
     }
     result
 }
 
+/// What one demo run makes, and removes again.
+struct Made<'a> {
+    topology: &'a Topology,
+    user_prefix: &'a str,
+    /// Its events' source, which keys their delivery records.
+    event_source: &'a str,
+}
+
 async fn exercise(
     settings: &Settings,
-    topology: &Topology,
+    made: &Made<'_>,
     fake: &FakePushService,
     key: &VapidPrivateKey,
     pool: &sqlx::PgPool,
-    user_prefix: &str,
     args: &DemoArgs,
 ) -> anyhow::Result<DemoSummary> {
     let count = args.count;
+    let user_prefix = made.user_prefix;
     let producer = Arc::new(
-        Producer::connect(settings.amqp_url(), topology.clone(), "/pushq/demo")
-            .await
-            .context("while connecting the producer")?,
+        Producer::connect(
+            settings.amqp_url(),
+            made.topology.clone(),
+            made.event_source,
+        )
+        .await
+        .context("while connecting the producer")?,
     );
     let browsers: Vec<_> = (0..count)
         .map(|_| fake.subscribe_with_key(&key.public_key_base64url()))
@@ -142,12 +174,20 @@ async fn exercise(
     let progress = progress_bar(count);
     let mut received = fake.watch_received();
     let initial = *received.borrow();
+    let sent = Arc::new(AtomicUsize::new(0));
     let progress_task = {
         let progress = progress.clone();
+        let sent = sent.clone();
+        let mut redraw = tokio::time::interval(Duration::from_millis(100));
         tokio::spawn(async move {
-            while received.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    changed = received.changed() => if changed.is_err() { break },
+                    _ = redraw.tick() => {}
+                }
                 let done = received.borrow().saturating_sub(initial);
                 progress.set_position(done as u64);
+                progress.set_message(format!("sent {:>6}", sent.load(Ordering::Relaxed)));
                 if done >= count {
                     break;
                 }
@@ -158,11 +198,14 @@ async fn exercise(
         .map(|i| {
             let producer = producer.clone();
             let user = format!("{user_prefix}{i}");
+            let sent = sent.clone();
             async move {
                 let mut send =
                     NotificationSend::new(Target::User(user), Some(expected_payload(i, count)));
                 send.ttl = 600;
-                producer.send(&send).await
+                let published = producer.send(&send).await;
+                sent.fetch_add(usize::from(published.is_ok()), Ordering::Relaxed);
+                published
             }
         })
         .buffer_unordered(args.concurrency.max(1))
@@ -218,7 +261,9 @@ fn expected_payload(i: usize, count: usize) -> serde_json::Value {
 
 fn progress_bar(count: usize) -> ProgressBar {
     let progress = ProgressBar::new(count as u64);
-    if let Ok(style) = ProgressStyle::with_template("  {bar:40} {pos}/{len} delivered  {per_sec}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("  {msg}  delivered {pos:>6}/{len}  {bar:30}  {per_sec}")
+    {
         progress.set_style(style);
     }
     progress
@@ -246,12 +291,16 @@ async fn wait_for_subscriptions(
     }
 }
 
-/// Removes what the demo made: its subscriptions, queues and exchanges.
-async fn cleanup(settings: &Settings, topology: &Topology, pool: &sqlx::PgPool, user_prefix: &str) {
-    if let Err(err) = subscriptions::delete_by_user_prefix(pool, user_prefix).await {
+/// Removes what the demo made: its subscriptions, delivery records, queues
+/// and exchanges.
+async fn cleanup(settings: &Settings, made: &Made<'_>, pool: &sqlx::PgPool) {
+    if let Err(err) = subscriptions::delete_by_user_prefix(pool, made.user_prefix).await {
         tracing::warn!(error = %err, "could not delete the demo's subscriptions");
     }
-    if let Err(err) = topology::delete(settings.amqp_url(), topology).await {
+    if let Err(err) = deliveries::delete_by_event_source(pool, made.event_source).await {
+        tracing::warn!(error = %err, "could not delete the demo's delivery records");
+    }
+    if let Err(err) = topology::delete(settings.amqp_url(), made.topology).await {
         tracing::warn!(error = %err, "could not delete the demo's queues");
     }
 }

@@ -36,26 +36,47 @@ pub async fn serve(
     observed: Observed,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    let (bound, app) = serve_while_starting(addr, shutdown).await?;
+    app.send_replace(Some(observed));
+    Ok(bound)
+}
+
+/// Serves before the app is built, so that a worker still waiting for its
+/// database answers `/healthz` (an orchestrator must not kill it for
+/// waiting) and `/readyz` 503; the app is handed over once built.
+pub async fn serve_while_starting(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, watch::Sender<Option<Observed>>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let (app, observed) = watch::channel(None);
+    let app_router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(observed);
     tracing::info!(addr = %bound, "health and metrics endpoints listening");
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        let served = axum::serve(listener, app_router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "the health endpoint server failed");
         }
     });
-    Ok(bound)
+    Ok((bound, app))
 }
 
-async fn readyz(State(observed): State<Observed>) -> (StatusCode, &'static str) {
+type Watched = watch::Receiver<Option<Observed>>;
+
+async fn readyz(State(observed): State<Watched>) -> (StatusCode, &'static str) {
+    let Some(observed) = observed.borrow().clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: waiting for the database",
+        );
+    };
     if !*observed.consuming.borrow() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -76,13 +97,18 @@ async fn readyz(State(observed): State<Observed>) -> (StatusCode, &'static str) 
     }
 }
 
-async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
+async fn metrics(State(observed): State<Watched>) -> impl IntoResponse {
+    let rendered = observed
+        .borrow()
+        .as_ref()
+        .map(|observed| observed.metrics.render())
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        observed.metrics.render(),
+        rendered,
     )
 }
 

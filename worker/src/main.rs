@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pushq_worker::app::{self, App, Exit};
 use pushq_worker::config::Settings;
+use pushq_worker::dependency::{DependencyError, Patience};
+use pushq_worker::error_text;
 use pushq_worker::push::VapidPrivateKey;
 use pushq_worker::store::{self, subscriptions};
 use pushq_worker::{demo, telemetry};
@@ -102,8 +104,8 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(execute(cli.command, settings)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("pushq-worker: {err:#}");
-            ExitCode::FAILURE
+            eprintln!("pushq-worker: {}", error_text::sentence(err.as_ref()));
+            exit_code_of(&err)
         }
     };
     drop(runtime);
@@ -114,27 +116,34 @@ fn main() -> ExitCode {
 async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => {
-            let settings_http_addr = settings.http_addr;
-            let app = match App::build(settings).await {
-                Ok(app) => app,
-                Err(app::BuildError::Config(err)) => {
-                    eprintln!("pushq-worker: {err}");
-                    return Ok(ExitCode::from(2));
-                }
-                Err(err) => return Err(anyhow::Error::new(err)),
-            };
+            let http_addr = settings.http_addr;
+            // Installed first: a worker still waiting for its database stops on a signal too.
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            pushq_worker::http::serve(settings_http_addr, app.observed(), shutdown.clone())
-                .await
-                .with_context(|| format!("while binding PUSHQ_HTTP_ADDR {settings_http_addr}"))?;
+            let (_, serving) =
+                pushq_worker::http::serve_while_starting(http_addr, shutdown.clone())
+                    .await
+                    .with_context(|| format!("while binding PUSHQ_HTTP_ADDR {http_addr}"))?;
+            let app = tokio::select! {
+                built = App::build(settings) => match built {
+                    Ok(app) => app,
+                    Err(app::BuildError::Config(err)) => {
+                        eprintln!("pushq-worker: {err}");
+                        return Ok(ExitCode::from(2));
+                    }
+                    Err(err) => return Err(anyhow::Error::new(err)),
+                },
+                () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+            };
+            serving.send_replace(Some(app.observed()));
             Ok(match app.run(shutdown).await {
                 Exit::Clean => ExitCode::SUCCESS,
                 Exit::GraceExceeded => ExitCode::FAILURE,
+                Exit::Refused => ExitCode::from(2),
             })
         }
         Command::Migrate => {
-            store::prepare(settings.database_url(), 2).await?;
+            store::prepare(settings.database_url(), 2, Patience::ONCE).await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
@@ -204,7 +213,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             }
         }),
         Command::Subscriptions(SubscriptionsCommand::List { limit }) => {
-            let pool = store::connect(settings.database_url(), 1).await?;
+            let pool = store::connect(settings.database_url(), 1, Patience::ONCE).await?;
             println!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
             for sub in subscriptions::list(&pool, None, limit).await? {
                 println!(
@@ -217,6 +226,22 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// 2 when a dependency refused us (a setting or a permission must change,
+/// like a bad setting), 1 for any other failure.
+fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    let refused = err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<DependencyError>(),
+            Some(DependencyError::Refused { .. })
+        )
+    });
+    if refused {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -43,8 +43,12 @@ pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
 /// Installs the process's subscriber: `RUST_LOG` overrides the default level
 /// (`info`). Call it before the async runtime starts.
 pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, TelemetryError> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // lapin logs every connection and channel error at ERROR itself, several
+    // lines per failed attempt, and the same error reaches pushq as a
+    // Result, which it logs once with the variable to look at: its own
+    // lines are kept for RUST_LOG=lapin=debug.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off"));
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
         // The span list carries `trace_id` from the job's span into each line.

@@ -413,3 +413,14 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, StoreError
     .map(|done| done.rows_affected())
     .map_err(db_error("pruning old deliveries"))
 }
+
+/// Deletes every delivery record of the events one source sent (the demo's,
+/// once it has checked them).
+pub async fn delete_by_event_source(pool: &PgPool, event_source: &str) -> Result<u64, StoreError> {
+    sqlx::query("DELETE FROM deliveries WHERE event_source = $1")
+        .bind(event_source)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(db_error("deleting an event source's deliveries"))
+}

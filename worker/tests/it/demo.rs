@@ -29,5 +29,18 @@ async fn the_demo_delivers_and_verifies_every_notification() {
     assert_eq!(summary.delivered, 50);
     assert_eq!(summary.failed, 0);
     assert!(summary.table().contains("delivered"));
+    // What the demo made in the database it also removes.
+    let pool = sqlx::PgPool::connect(&vars["PUSHQ_DATABASE_URL"])
+        .await
+        .expect("the demo's database");
+    for table in ["subscriptions", "deliveries"] {
+        let left: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .expect("counted");
+        assert_eq!(left, 0, "the demo left rows in {table}");
+    }
+    pool.close().await;
     crate::helpers::drop_database(&database).await;
 }

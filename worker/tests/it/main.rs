@@ -11,6 +11,7 @@ mod compose;
 mod dead_letters;
 mod delivery;
 mod demo;
+mod dependencies;
 mod faults;
 mod health;
 mod helpers;

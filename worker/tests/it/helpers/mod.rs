@@ -1,12 +1,14 @@
 //! A worker with its own database, topology and fake push service.
 
+mod forward;
 mod process;
 mod results;
 
 mod messages;
 
+pub use forward::Forwarder;
 pub use messages::{assert_dead_letter_kinds, binary_properties, new_id, structured_properties};
-pub use process::WorkerProcess;
+pub use process::{WorkerProcess, free_local_addr, wait_ready};
 pub use results::ResultEvent;
 
 use std::collections::HashMap;
@@ -84,7 +86,7 @@ enum Worker {
     Process(WorkerProcess),
 }
 
-fn unique(label: &str) -> String {
+pub fn unique(label: &str) -> String {
     format!(
         "{label}{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]

@@ -22,15 +22,17 @@ impl WorkerProcess {
         vars.insert("PUSHQ_HTTP_ADDR".into(), http_addr.to_string());
         vars.entry("PUSHQ_LOG_FORMAT".into())
             .or_insert_with(|| "json".into());
-        let process = Self::spawn(&vars);
+        let process = Self::spawn("run", &vars);
         wait_ready(http_addr).await;
         (process, http_addr)
     }
 
-    fn spawn(vars: &HashMap<String, String>) -> Self {
+    /// Starts `pushq-worker <command>` with exactly `vars` besides the
+    /// inherited environment, without waiting for anything.
+    pub fn spawn(command: &str, vars: &HashMap<String, String>) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushq-worker"))
-            .arg("run")
+            .arg(command)
             .envs(vars)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -93,10 +95,34 @@ impl WorkerProcess {
     pub fn log_lines(&self) -> Vec<String> {
         self.logs.lock().expect("logs").clone()
     }
+
+    /// Waits, bounded by [`WAIT`], for `count` log lines holding `needle`.
+    pub async fn wait_for_lines(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let lines = self.log_lines();
+            if lines.iter().filter(|line| line.contains(needle)).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {count} lines holding {needle:?} within {WAIT:?}; the log: {lines:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The exit status, once it has exited by itself (bounded by [`WAIT`]).
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the process exits by itself in time")
+            .expect("exit status")
+    }
 }
 
 /// Polls `/readyz` until it answers 200, bounded by [`WAIT`].
-pub(super) async fn wait_ready(addr: SocketAddr) {
+pub async fn wait_ready(addr: SocketAddr) {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Ok((200, _)) = http_get(addr, "/readyz").await {

@@ -1,0 +1,210 @@
+//! Reaching PostgreSQL: the target database first, the maintenance database
+//! only when the target is missing, so that a role that may not connect to
+//! `postgres` (managed services, PgBouncer) still starts. Failures follow
+//! the dependency policy (crate::dependency).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::StoreError;
+use crate::dependency::{self, Dependency, Patience, Unavailable, io_reason};
+
+/// Parses a database URL. TLS to a database on this machine protects
+/// nothing and costs CPU on every query, so a loopback host gets no TLS
+/// unless the URL (or PGSSLMODE) asks for an `sslmode` explicitly.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+    let explicit = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let loopback = matches!(
+        options.get_host(),
+        "localhost" | "127.0.0.1" | "::1" | "[::1]"
+    ) || options.get_host().starts_with('/');
+    Ok(if loopback && !explicit {
+        options.ssl_mode(PgSslMode::Disable)
+    } else {
+        options
+    })
+}
+
+/// The server as an operator names it: host and port, never the URL.
+pub fn dependency(options: &PgConnectOptions) -> Dependency {
+    let host = options.get_host();
+    Dependency::postgresql(if host.starts_with('/') {
+        host.to_owned()
+    } else {
+        format!("{host}:{}", options.get_port())
+    })
+}
+
+/// Connects a pool once the database answers; `max_connections` bounds what
+/// one replica holds.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    patience: Patience,
+) -> Result<PgPool, StoreError> {
+    reach(url, max_connections, patience, Missing::Refuse).await
+}
+
+/// `run`/`migrate`/`demo`: reach the database (creating it if it is
+/// missing and the role may), connect, migrate.
+pub async fn prepare(
+    url: &str,
+    max_connections: u32,
+    patience: Patience,
+) -> Result<PgPool, StoreError> {
+    let pool = reach(url, max_connections, patience, Missing::Create).await?;
+    super::migrate(&pool).await?;
+    Ok(pool)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Create,
+    Refuse,
+}
+
+async fn reach(
+    url: &str,
+    max_connections: u32,
+    patience: Patience,
+    missing: Missing,
+) -> Result<PgPool, StoreError> {
+    let options = connect_options(url)?;
+    dependency::wait_for(&dependency(&options), patience, || {
+        answers(&options, missing)
+    })
+    .await
+    .map_err(StoreError::Unavailable)?;
+    // The server just answered, so the pool may open its connections as
+    // they are needed.
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
+/// One connection to the target database, closed again.
+async fn answers(options: &PgConnectOptions, missing: Missing) -> Result<(), Unavailable> {
+    let err = match PgConnection::connect_with(options).await {
+        Ok(connection) => {
+            let _ = connection.close().await;
+            return Ok(());
+        }
+        Err(err) => err,
+    };
+    if sqlstate(&err).as_deref() == Some(UNDEFINED_DATABASE) {
+        let name = database_name(options);
+        return match missing {
+            Missing::Create => create_database(options, &name).await,
+            Missing::Refuse => Err(Unavailable::Refused(format!(
+                "has no database {name:?}: create it with `pushq-worker migrate`"
+            ))),
+        };
+    }
+    Err(classify(&err))
+}
+
+const UNDEFINED_DATABASE: &str = "3D000";
+
+/// Safe when many replicas start at once: losing the race to create it is
+/// success.
+async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), Unavailable> {
+    let by_hand = format!(
+        "create it as a role that may (CREATE DATABASE \"{}\" OWNER {}), or point PUSHQ_DATABASE_URL at an existing database",
+        name.replace('"', "\"\""),
+        options.get_username()
+    );
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(|err| {
+            Unavailable::Refused(format!(
+                "has no database {name:?}, and connecting to the maintenance database \"postgres\" to create it failed ({}): {by_hand}",
+                reason(&err)
+            ))
+        })?;
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    let created = sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(sqlstate(&err).as_deref(), Some("42P04" | "23505")) => Ok(()),
+        Err(err) => Err(Unavailable::Refused(format!(
+            "has no database {name:?}, and creating it failed ({}): {by_hand}",
+            reason(&err)
+        ))),
+    }
+}
+
+/// PostgreSQL names the user's own database when the URL names none.
+fn database_name(options: &PgConnectOptions) -> String {
+    options
+        .get_database()
+        .unwrap_or(options.get_username())
+        .to_owned()
+}
+
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    Some(err.as_database_error()?.code()?.into_owned())
+}
+
+/// Whether waiting can fix a failed connection attempt.
+fn classify(err: &sqlx::Error) -> Unavailable {
+    let Some(code) = sqlstate(err) else {
+        return match err {
+            sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => {
+                Unavailable::Refused(format!("refused the connection: {}", reason(err)))
+            }
+            _ => Unavailable::Transient(reason(err)),
+        };
+    };
+    match code.as_str() {
+        // Starting, shutting down, too many connections, a broken link:
+        // all pass by themselves.
+        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+            Unavailable::Transient(reason(err))
+        }
+        "28P01" | "28000" => {
+            Unavailable::Refused(format!("refused the user or password: {}", reason(err)))
+        }
+        _ => Unavailable::Refused(format!("refused the connection: {}", reason(err))),
+    }
+}
+
+/// The server's own words (they name the user, never the password), or the
+/// I/O failure in a few words.
+fn reason(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Io(io) => io_reason(io),
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} ({code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_is_host_and_port_never_the_password() {
+        let options =
+            connect_options("postgres://pushq:hunter2@db.internal:6432/pushq").expect("valid");
+        let dependency = dependency(&options);
+        assert_eq!(dependency.address, "db.internal:6432");
+        assert!(!format!("{dependency:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_url_without_a_database_means_the_users_own() {
+        let options = connect_options("postgres://pushq@127.0.0.1/").expect("valid");
+        assert_eq!(database_name(&options), "pushq");
+    }
+}
