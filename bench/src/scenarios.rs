@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
-use pushq_producer::{NotificationSend, Producer, PushSubscription, SubscriptionKeys, Target};
+use pushq_producer::{
+    EndpointPolicy, NotificationSend, Producer, PushSubscription, SubscriptionKeys, Target,
+};
 use pushq_schemas::Topology;
 use pushq_schemas::keys::base64url;
 use pushq_worker::app::App;
@@ -266,8 +268,14 @@ impl Bench {
             .context("while starting the worker process")?;
         let pid = worker.id().context("the worker has no pid")?;
         wait_ready(http_port).await?;
-        let producer =
-            Arc::new(Producer::connect(AMQP_URL, self.topology.clone(), "/bench").await?);
+        // The sink is on loopback over http, as the worker's settings allow.
+        let sink_policy = EndpointPolicy::parse(&self.sink.host_entry, true)
+            .map_err(|why| anyhow::anyhow!("the sink's address: {why}"))?;
+        let producer = Arc::new(
+            Producer::connect(AMQP_URL, self.topology.clone(), "/bench")
+                .await?
+                .with_endpoint_policy(sink_policy),
+        );
         let payload = json!("x".repeat(self.options.payload_bytes.saturating_sub(2)));
         let cpu_before = measure::process_cpu_us(pid)?;
         let started = Instant::now();

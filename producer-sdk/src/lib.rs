@@ -239,16 +239,24 @@ impl Producer {
         published
     }
 
-    /// A registration the worker would refuse is refused here, before the
-    /// service believes it worked.
+    /// A registration or a one-off subscription the worker would refuse is
+    /// refused here, before the service believes it worked.
     fn check_endpoint(&self, parsed: &ProducerEvent) -> Result<(), InvalidEvent> {
-        match (parsed, &self.endpoint_policy) {
-            (ProducerEvent::Register(register), Some(policy)) => policy
-                .check(&register.subscription.endpoint)
-                .map(drop)
-                .map_err(|refusal| InvalidEvent::new(InvalidKind::EndpointRefused, refusal.0)),
-            _ => Ok(()),
-        }
+        let Some(policy) = &self.endpoint_policy else {
+            return Ok(());
+        };
+        let endpoint = match parsed {
+            ProducerEvent::Register(register) => &register.subscription.endpoint,
+            ProducerEvent::Send(NotificationSend {
+                to: Target::Subscription(subscription),
+                ..
+            }) => &subscription.endpoint,
+            _ => return Ok(()),
+        };
+        policy
+            .check(endpoint)
+            .map(drop)
+            .map_err(|refusal| InvalidEvent::new(InvalidKind::EndpointRefused, refusal.0))
     }
 
     async fn publish_confirmed(

@@ -141,7 +141,9 @@ async fn exercise(
             made.event_source,
         )
         .await
-        .context("while connecting the producer")?,
+        .context("while connecting the producer")?
+        // The fake push service is on loopback over http, as the demo's worker allows.
+        .with_endpoint_policy(settings.endpoint_policy.clone()),
     );
     let browsers: Vec<_> = (0..count)
         .map(|_| fake.subscribe_with_key(&key.public_key_base64url()))

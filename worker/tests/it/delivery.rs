@@ -394,6 +394,7 @@ async fn the_sdk_in_binary_mode_is_read_like_structured_with_its_trace_context()
         pushq_producer::Producer::connect(crate::helpers::AMQP_URL, app.topology.clone(), "/tests")
             .await
             .expect("producer connects")
+            .without_endpoint_check()
             .with_content_mode(pushq_producer::ContentMode::Binary);
     let mut results = app.watch_results().await;
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
