@@ -1,6 +1,7 @@
-//! Logs and traces. Logs are text by default, JSON lines on request; every
-//! line written while a job is handled carries the job's `trace_id`. Spans go
-//! to an OTLP collector only when one is configured (DESIGN §2.3, §2.6).
+//! Logs and traces. Logs are text by default, JSON lines on request; a line
+//! written while a job is handled carries the job's `trace_id` when there is
+//! a trace (spans exported, or a `traceparent` on the event). Spans go to an
+//! OTLP collector only when one is configured (DESIGN §2.3, §2.6).
 
 use std::collections::HashMap;
 
