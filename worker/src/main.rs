@@ -118,7 +118,7 @@ impl Command {
         match self {
             Self::Demo(_) => "warn",
             Self::Dead(_) => "info,sqlx=warn,lapin=off",
-            _ => "info,sqlx=warn",
+            _ => telemetry::DEFAULT_FILTER,
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum TelemetryError {
     Filter(String),
 }
 
+/// The levels when neither `RUST_LOG` nor the command says otherwise.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn";
+
 /// What the logs start with: `RUST_LOG` when set, else the command's default.
 pub fn filter(rust_log: Option<&str>, default: &str) -> Result<EnvFilter, TelemetryError> {
     match rust_log.filter(|value| !value.trim().is_empty()) {
