@@ -50,8 +50,11 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Worker) => {
             // Logs and spans as `pushq-worker run` has them, so that their cost is measured too.
             let settings = pushq_worker::config::Settings::from_env()?;
-            let telemetry =
-                pushq_worker::telemetry::init(settings.log_format, settings.trace_export.as_ref())?;
+            let telemetry = pushq_worker::telemetry::init(
+                settings.log_format,
+                settings.trace_export.as_ref(),
+                pushq_worker::telemetry::DEFAULT_FILTER,
+            )?;
             let ran = runtime.block_on(scenarios::worker_process(settings));
             drop(runtime);
             telemetry.shutdown();

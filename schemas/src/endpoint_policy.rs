@@ -87,8 +87,14 @@ impl EndpointPolicy {
     /// [`EndpointPolicy::from_settings`] from `PUSHQ_ENDPOINT_HOSTS` and
     /// `PUSHQ_ALLOW_HTTP` in the environment.
     pub fn from_env() -> Result<Self, String> {
-        let hosts = std::env::var(HOSTS_VARIABLE).ok();
-        let allow_http = std::env::var(ALLOW_HTTP_VARIABLE).ok();
+        // Set but empty means unset, as the worker reads its settings.
+        let read = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        };
+        let hosts = read(HOSTS_VARIABLE);
+        let allow_http = read(ALLOW_HTTP_VARIABLE);
         Self::from_settings(hosts.as_deref(), allow_http.as_deref())
     }
 

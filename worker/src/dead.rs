@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection};
-use pushq_schemas::Topology;
+use pushq_schemas::{InvalidKind, Topology};
 
 use crate::broker::publisher::{
     ERROR_HEADER, ERROR_KIND_HEADER, ORIGIN_EXCHANGE_HEADER, ORIGIN_ROUTING_KEY_HEADER, Publisher,
@@ -58,6 +58,34 @@ const BROKER_DEATH_HEADERS: [&str; 8] = [
     "x-delivery-count",
 ];
 
+/// Why the broker dead-letters a message itself (RabbitMQ's `x-death` reasons).
+pub const BROKER_REASONS: [&str; 4] = ["delivery_limit", "rejected", "expired", "maxlen"];
+/// The kind of a letter that says neither ours nor the broker's.
+pub const UNKNOWN_KIND: &str = "unknown";
+
+/// Every kind a letter can have, as `dead list` shows them and `dead replay
+/// --kind` accepts them.
+pub fn kinds() -> Vec<&'static str> {
+    InvalidKind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .chain(BROKER_REASONS)
+        .chain([UNKNOWN_KIND])
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadError {
+    /// No worker has declared this topology on the broker (or the prefix is
+    /// mistyped): there is no dead-letter queue to read.
+    #[error(
+        "the topology {prefix:?} does not exist yet on this broker (no {queue} queue): start a worker with it, or check PUSHQ_TOPOLOGY_PREFIX"
+    )]
+    NoTopology { prefix: String, queue: String },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
 /// A letter's kind: ours (`x-pushq-error-kind`), or for one the broker
 /// dead-lettered, its reason (`delivery_limit`, `rejected`, `expired`,
 /// `maxlen`), which `dead replay --kind` filters on alike.
@@ -65,7 +93,7 @@ fn letter_kind(headers: Option<&FieldTable>, topology: &Topology) -> String {
     if let Some(death) = broker_death(headers, topology) {
         return death.reason;
     }
-    header_str(headers, ERROR_KIND_HEADER).unwrap_or_else(|| "unknown".into())
+    header_str(headers, ERROR_KIND_HEADER).unwrap_or_else(|| UNKNOWN_KIND.into())
 }
 
 /// Where a letter goes back to. One the worker dead-lettered carries where
@@ -128,12 +156,14 @@ fn broker_death(headers: Option<&FieldTable>, topology: &Topology) -> Option<Bro
         let queue = header_str(Some(death), "queue")?;
         ours.contains(&queue).then(|| BrokerDeath {
             queue,
-            reason: header_str(Some(death), "reason").unwrap_or_else(|| "unknown".into()),
+            reason: header_str(Some(death), "reason").unwrap_or_else(|| UNKNOWN_KIND.into()),
         })
     })
 }
 
-async fn message_count(connection: &Connection, topology: &Topology) -> Result<u32, BrokerError> {
+/// A passive declare on a channel of its own: when the queue is missing the
+/// broker closes that channel (404), which would otherwise end the listing.
+async fn message_count(connection: &Connection, topology: &Topology) -> Result<u32, DeadError> {
     let channel = connection
         .create_channel()
         .await
@@ -148,10 +178,21 @@ async fn message_count(connection: &Connection, topology: &Topology) -> Result<u
             FieldTable::default(),
         )
         .await
-        .map_err(amqp_error("inspecting the dead-letter queue"))?;
+        .map_err(|err| match err.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_FOUND => {
+                DeadError::NoTopology {
+                    prefix: topology.prefix().to_owned(),
+                    queue: topology.dead_queue(),
+                }
+            }
+            _ => amqp_error("inspecting the dead-letter queue")(err).into(),
+        })?;
     let _ = channel.close(200, "done".into()).await;
     Ok(queue.message_count())
 }
+
+/// AMQP's reply code for a missing queue or exchange.
+const NOT_FOUND: u16 = 404;
 
 /// The next letter, held unacked: it goes back to the queue unless acked
 /// before the channel closes.
@@ -174,7 +215,7 @@ pub async fn list(
     amqp_url: &str,
     topology: &Topology,
     limit: usize,
-) -> Result<DeadLetterList, BrokerError> {
+) -> Result<DeadLetterList, DeadError> {
     let connection = broker::reach(amqp_url, "pushq-dead-list", Patience::ONCE)
         .await
         .map_err(BrokerError::Unavailable)?;
@@ -218,7 +259,7 @@ pub async fn replay(
     topology: &Topology,
     kind: Option<&str>,
     limit: usize,
-) -> Result<ReplayReport, BrokerError> {
+) -> Result<ReplayReport, DeadError> {
     let connection = broker::reach(amqp_url, "pushq-dead-replay", Patience::ONCE)
         .await
         .map_err(BrokerError::Unavailable)?;

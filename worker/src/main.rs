@@ -3,17 +3,19 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
 use pushq_worker::app::{self, App, Exit};
-use pushq_worker::config::Settings;
+use pushq_worker::config::{self, Settings, variables};
 use pushq_worker::dependency::{DependencyError, Patience};
 use pushq_worker::error_text;
 use pushq_worker::push::VapidPrivateKey;
 use pushq_worker::store::{self, subscriptions};
-use pushq_worker::{demo, telemetry};
+use pushq_worker::{dead, demo, telemetry};
 use tokio_util::sync::CancellationToken;
 
-/// Delivers Web Push notifications from RabbitMQ. Configured by PUSHQ_* environment variables.
+/// Delivers Web Push notifications from RabbitMQ. Configured by environment
+/// variables: each command's --help lists those it reads, with their defaults.
 #[derive(Debug, Parser)]
 #[command(name = "pushq-worker", version, about)]
 struct Cli {
@@ -24,13 +26,22 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the worker until SIGTERM or SIGINT.
+    #[command(
+        long_about = "Run the worker until SIGTERM or SIGINT: consume the jobs, subscription and feedback queues, deliver, retry and dead-letter; serve /healthz, /readyz and /metrics. Applies pending migrations and declares the topology at start.",
+        after_help = variables::help_for("run")
+    )]
     Run,
     /// Create the database if missing and apply pending migrations.
+    #[command(after_help = variables::help_for("migrate"))]
     Migrate,
     /// VAPID key pairs.
     #[command(subcommand)]
     Vapid(VapidCommand),
     /// The whole flow on this machine against the local RabbitMQ and PostgreSQL.
+    #[command(
+        long_about = "The whole flow on this machine against the local RabbitMQ and PostgreSQL: a fake push service plays every browser, the worker runs in-process with a throwaway key and topology, every notification is decrypted and compared. Logs at warn unless RUST_LOG says otherwise.",
+        after_help = variables::help_for("demo")
+    )]
     Demo(demo::DemoArgs),
     /// Stored subscriptions.
     #[command(subcommand)]
@@ -39,61 +50,122 @@ enum Command {
     #[command(subcommand)]
     Dead(DeadCommand),
     /// Exit 0 if the worker at PUSHQ_HTTP_ADDR is ready (for container health checks).
+    #[command(after_help = variables::help_for("probe"))]
     Probe,
 }
 
 #[derive(Debug, Subcommand)]
 enum VapidCommand {
     /// Print a new key pair: PUSHQ_VAPID_PRIVATE_KEY and the public key for web pages.
+    #[command(after_help = "Reads no settings: it works whatever the environment holds.")]
     Generate,
     /// Print the public key (applicationServerKey) of the configured private key.
+    #[command(after_help = variables::help_for("vapid public"))]
     Public,
 }
 
 #[derive(Debug, Subcommand)]
 enum DeadCommand {
     /// Count the letters by kind, with a sample reason for each (nothing is removed).
+    #[command(after_help = variables::help_for("dead list"))]
     List {
         /// Read at most this many letters.
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
     /// Send letters back where they came from, each acked only once its replay is confirmed.
+    #[command(after_help = variables::help_for("dead replay"))]
     Replay {
-        /// Only letters of this kind (e.g. retries_exhausted).
-        #[arg(long)]
+        /// Only letters of this kind.
+        #[arg(long, value_parser = PossibleValuesParser::new(dead::kinds()))]
         kind: Option<String>,
-        /// Replay at most this many letters.
-        #[arg(long, default_value_t = usize::MAX)]
-        limit: usize,
+        /// Replay at most this many letters [default: no limit].
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum SubscriptionsCommand {
     /// List stored subscriptions (id, user, push service, tags).
+    #[command(after_help = variables::help_for("subscriptions list"))]
     List {
+        /// Show at most this many.
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
 }
 
+impl Command {
+    /// As typed, the name the variables table knows the command by.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Migrate => "migrate",
+            Self::Vapid(VapidCommand::Generate) => "vapid generate",
+            Self::Vapid(VapidCommand::Public) => "vapid public",
+            Self::Demo(_) => "demo",
+            Self::Subscriptions(SubscriptionsCommand::List { .. }) => "subscriptions list",
+            Self::Dead(DeadCommand::List { .. }) => "dead list",
+            Self::Dead(DeadCommand::Replay { .. }) => "dead replay",
+            Self::Probe => "probe",
+        }
+    }
+
+    /// The log levels when RUST_LOG says nothing. The demo prints its own
+    /// report, which the worker's info lines would bury.
+    fn default_log_filter(&self) -> &'static str {
+        match self {
+            Self::Demo(_) => "warn,lapin=off",
+            _ => telemetry::DEFAULT_FILTER,
+        }
+    }
+}
+
+/// `println!` but for a closed pipe (`vapid generate | head -1`), which ends
+/// the output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::from_env() {
+    let command = cli.command.name();
+    let settings = match Settings::for_command(command, |name| std::env::var(name).ok()) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("pushq-worker: {err}");
             return ExitCode::from(2);
         }
     };
-    let telemetry = match telemetry::init(settings.log_format, settings.trace_export.as_ref()) {
-        Ok(telemetry) => telemetry,
-        Err(err) => {
-            eprintln!("pushq-worker: {err}");
-            return ExitCode::from(2);
+    // Commands that read no log settings (vapid generate, probe) print
+    // their answer and nothing else.
+    let telemetry = if variables::reads(command, "RUST_LOG") {
+        match telemetry::init(
+            settings.log_format,
+            settings.trace_export.as_ref(),
+            cli.command.default_log_filter(),
+        ) {
+            Ok(telemetry) => Some(telemetry),
+            Err(err) => {
+                eprintln!("pushq-worker: {err}");
+                return ExitCode::from(2);
+            }
         }
+    } else {
+        None
     };
+    if telemetry.is_some() {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
+        for warning in config::unknown_variables(names.iter().map(String::as_str)) {
+            tracing::warn!("{warning}");
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -109,7 +181,9 @@ fn main() -> ExitCode {
         }
     };
     drop(runtime);
-    telemetry.shutdown();
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     code
 }
 
@@ -144,32 +218,31 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Migrate => {
             store::prepare(settings.database_url(), 2, Patience::ONCE).await?;
-            println!("migrations applied");
+            out!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Command::Vapid(VapidCommand::Generate) => {
             let key = VapidPrivateKey::generate();
-            println!("PUSHQ_VAPID_PRIVATE_KEY={}", key.to_base64url());
-            println!(
+            out!("PUSHQ_VAPID_PRIVATE_KEY={}", key.to_base64url());
+            out!(
                 "public key (applicationServerKey): {}",
                 key.public_key_base64url()
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Vapid(VapidCommand::Public) => {
-            let (key, _) = settings.require_vapid().or_else(|err| {
-                settings
-                    .vapid_private_key
-                    .clone()
-                    .map(|key| (key, String::new()))
-                    .ok_or(err)
-            })?;
-            println!("{}", key.public_key_base64url());
+            let Some(key) = settings.vapid_private_key else {
+                eprintln!(
+                    "pushq-worker: PUSHQ_VAPID_PRIVATE_KEY (or PUSHQ_VAPID_PRIVATE_KEY_FILE) is required: create one with `pushq-worker vapid generate`"
+                );
+                return Ok(ExitCode::from(2));
+            };
+            out!("{}", key.public_key_base64url());
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             let summary = demo::run(settings, &args).await?;
-            println!("{}", summary.table());
+            out!("{}", summary.table());
             Ok(if summary.failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -177,31 +250,32 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             })
         }
         Command::Dead(DeadCommand::List { limit }) => {
-            let list =
-                pushq_worker::dead::list(settings.amqp_url(), &settings.topology, limit).await?;
-            println!(
+            let list = dead::list(settings.amqp_url(), &settings.topology, limit).await?;
+            out!(
                 "{} letters in {} (read {})",
                 list.in_queue,
                 settings.topology.dead_queue(),
                 list.read
             );
-            println!("{:<20}  {:>7}  sample reason", "kind", "count");
+            out!("{:<20}  {:>7}  sample reason", "kind", "count");
             for (kind, summary) in &list.by_kind {
-                println!("{kind:<20}  {:>7}  {}", summary.count, summary.sample);
+                out!("{kind:<20}  {:>7}  {}", summary.count, summary.sample);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dead(DeadCommand::Replay { kind, limit }) => {
-            let report = pushq_worker::dead::replay(
+            let report = dead::replay(
                 settings.amqp_url(),
                 &settings.topology,
                 kind.as_deref(),
-                limit,
+                limit.unwrap_or(usize::MAX),
             )
             .await?;
-            println!(
+            out!(
                 "replayed {}, left {} of other kinds, left {} with no recorded origin",
-                report.replayed, report.skipped, report.without_origin
+                report.replayed,
+                report.skipped,
+                report.without_origin
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -214,9 +288,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }),
         Command::Subscriptions(SubscriptionsCommand::List { limit }) => {
             let pool = store::connect(settings.database_url(), 1, Patience::ONCE).await?;
-            println!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
+            out!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
             for sub in subscriptions::list(&pool, None, limit).await? {
-                println!(
+                out!(
                     "{:<36}  {:<24}  {:<40}  {}",
                     sub.id,
                     sub.user_id,

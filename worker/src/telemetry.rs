@@ -1,6 +1,7 @@
-//! Logs and traces. Logs are text by default, JSON lines on request; every
-//! line written while a job is handled carries the job's `trace_id`. Spans go
-//! to an OTLP collector only when one is configured (DESIGN §2.3, §2.6).
+//! Logs and traces. Logs are text by default, JSON lines on request; a line
+//! written while a job is handled carries the job's `trace_id` when there is
+//! a trace (spans exported, or a `traceparent` on the event). Spans go to an
+//! OTLP collector only when one is configured (DESIGN §2.3, §2.6).
 
 use std::collections::HashMap;
 
@@ -37,20 +38,53 @@ impl Telemetry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the OTLP span exporter: {0}")]
-pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+pub enum TelemetryError {
+    #[error("cannot build the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error(
+        "RUST_LOG is not a valid log filter ({0}): expected levels like info or info,pushq_worker=debug"
+    )]
+    Filter(String),
+}
 
-/// Installs the process's subscriber: `RUST_LOG` overrides the default level
-/// (`info`). Call it before the async runtime starts.
-pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, TelemetryError> {
-    // lapin logs every connection and channel error at ERROR itself, several
-    // lines per failed attempt, and the same error reaches pushq as a
-    // Result, which it logs once with the variable to look at: its own
-    // lines are kept for RUST_LOG=lapin=debug.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off"));
+/// The levels when neither `RUST_LOG` nor the command says otherwise.
+/// lapin logs every connection and channel error at ERROR itself, several
+/// lines per failed attempt, and the same error reaches pushq as a Result,
+/// which it logs once with the variable to look at: lapin's own lines are
+/// kept for RUST_LOG=lapin=debug.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=off";
+
+/// What the logs start with: `RUST_LOG` when set, else the command's default.
+pub fn filter(rust_log: Option<&str>, default: &str) -> Result<EnvFilter, TelemetryError> {
+    match rust_log.filter(|value| !value.trim().is_empty()) {
+        Some(directives) => EnvFilter::builder()
+            .parse(directives)
+            .map_err(|err| TelemetryError::Filter(err.to_string())),
+        None => Ok(EnvFilter::new(default)),
+    }
+}
+
+/// Escape codes are for a terminal: a file or a log collector gets them as
+/// noise. `NO_COLOR` (https://no-color.org) turns them off on a terminal too.
+fn colour(no_color: Option<&std::ffi::OsStr>) -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && no_color.is_none_or(|value| value.is_empty())
+}
+
+/// Installs the process's subscriber: `RUST_LOG` overrides `default_filter`,
+/// which the command chooses. Call it before the async runtime starts.
+pub fn init(
+    format: LogFormat,
+    export: Option<&TraceExport>,
+    default_filter: &str,
+) -> Result<Telemetry, TelemetryError> {
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter)?;
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Text => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(colour(std::env::var_os("NO_COLOR").as_deref()))
+                .with_writer(std::io::stderr),
+        ),
         // The span list carries `trace_id` from the job's span into each line.
         LogFormat::Json => Box::new(
             tracing_subscriber::fmt::layer()
@@ -177,5 +211,23 @@ mod tests {
         );
         assert_eq!(trace_id_of("00-nothex-b7ad6b7169203331-01"), None);
         assert_eq!(trace_id_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_bad_rust_log_is_refused_naming_it_and_an_empty_one_is_the_default() {
+        let err = filter(Some("pushq_worker=loud"), "info").expect_err("no such level");
+        let sentence = err.to_string();
+        assert!(
+            sentence.starts_with("RUST_LOG is not a valid log filter"),
+            "{sentence}"
+        );
+        assert!(!sentence.contains('\n'), "{sentence}");
+        assert!(filter(Some(" "), "warn").is_ok());
+        assert!(filter(Some("info,pushq_worker=debug"), "warn").is_ok());
+    }
+
+    #[test]
+    fn no_color_set_turns_colours_off() {
+        assert!(!colour(Some(std::ffi::OsStr::new("1"))));
     }
 }

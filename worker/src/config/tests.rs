@@ -145,3 +145,148 @@ fn an_explicit_proxy_is_the_only_one_and_its_credentials_stay_hidden() {
         assert!(!err.0.contains("hunter2"), "{err}");
     }
 }
+
+#[test]
+fn retry_delays_are_trimmed_and_never_decrease() {
+    let s = settings(&[("PUSHQ_RETRY_DELAYS_MS", " 1000, 5000 ,5000")]).expect("spaces trimmed");
+    assert_eq!(
+        s.retry_delays,
+        [1000, 5000, 5000].map(Duration::from_millis).to_vec()
+    );
+    let err = settings(&[("PUSHQ_RETRY_DELAYS_MS", "1000,30000,5000")]).expect_err("decreases");
+    assert!(
+        err.0
+            .starts_with("PUSHQ_RETRY_DELAYS_MS entry 3 (5000) is smaller than entry 2"),
+        "{err}"
+    );
+    for refused in ["1000,,5000", "1000,", "0", "1000,soon"] {
+        let err = settings(&[("PUSHQ_RETRY_DELAYS_MS", refused)]).expect_err(refused);
+        assert!(err.0.starts_with("PUSHQ_RETRY_DELAYS_MS "), "{err}");
+    }
+}
+
+#[test]
+fn retry_delays_set_but_empty_are_refused_not_defaulted() {
+    for empty in ["", "  "] {
+        let err = settings(&[("PUSHQ_RETRY_DELAYS_MS", empty)]).expect_err("empty");
+        assert!(
+            err.0.starts_with("PUSHQ_RETRY_DELAYS_MS is set but empty"),
+            "{err}"
+        );
+    }
+    // Other variables keep reading an empty value as unset.
+    assert_eq!(
+        settings(&[("PUSHQ_PREFETCH", "")])
+            .expect("default")
+            .prefetch,
+        256
+    );
+}
+
+#[test]
+fn the_table_gives_every_default() {
+    let s = settings(&[]).expect("defaults");
+    assert_eq!(
+        s.limits.default_per_second,
+        crate::push::limits::DEFAULT_RATE_LIMIT
+    );
+    assert_eq!(
+        s.http_addr.to_string(),
+        variables::default_of("PUSHQ_HTTP_ADDR")
+    );
+    for variable in variables::VARIABLES {
+        for reader in variable.read_by {
+            assert!(
+                variables::COMMANDS.contains(reader) || variables::OTHER_READERS.contains(reader),
+                "{} is read by unknown {reader}",
+                variable.name
+            );
+        }
+        assert!(
+            variables::VARIABLES
+                .iter()
+                .filter(|other| other.name == variable.name)
+                .count()
+                == 1,
+            "{} is listed once",
+            variable.name
+        );
+    }
+}
+
+#[test]
+fn a_command_is_not_stopped_by_a_setting_it_does_not_read() {
+    let lookup = |name: &str| match name {
+        "PUSHQ_VAPID_SUBJECT" => Some("mailto:me@localhost".to_owned()),
+        "PUSHQ_HTTP_ADDR" => Some("127.0.0.1:1234".to_owned()),
+        _ => None,
+    };
+    assert!(Settings::for_command("run", lookup).is_err());
+    let probe = Settings::for_command("probe", lookup).expect("probe ignores the subject");
+    assert_eq!(probe.http_addr.port(), 1234);
+    assert!(Settings::for_command("vapid generate", lookup).is_ok());
+    let dead = Settings::for_command("dead list", lookup).expect("dead list");
+    assert_eq!(dead.http_addr.port(), 9464, "dead list does not read it");
+}
+
+#[test]
+fn unknown_pushq_names_are_named_with_the_closest_known_one() {
+    let warnings = unknown_variables([
+        "PUSHQ_RETRY_DELAY_MS",
+        "PUSHQ_RETRY_DELAY_MS",
+        "PUSHQ_VAPID_PUBLIC_KEY",
+        "PUSHQ_BENCH_DATABASE_URL",
+        "PUSHQ_NOTHING_LIKE_IT_AT_ALL",
+        "HOME",
+    ]);
+    assert_eq!(
+        warnings,
+        [
+            "PUSHQ_NOTHING_LIKE_IT_AT_ALL is not a pushq setting and is ignored",
+            "PUSHQ_RETRY_DELAY_MS is not a pushq setting; did you mean PUSHQ_RETRY_DELAYS_MS?",
+        ]
+    );
+}
+
+#[test]
+fn each_command_help_lists_the_variables_it_reads_with_defaults() {
+    let run = variables::help_for("run");
+    assert!(run.contains("PUSHQ_VAPID_SUBJECT"), "{run}");
+    assert!(run.contains("PUSHQ_PREFETCH [default: 256]"), "{run}");
+    let probe = variables::help_for("probe");
+    assert!(probe.contains("PUSHQ_HTTP_ADDR [default: 127.0.0.1:9464]"));
+    assert!(!probe.contains("PUSHQ_AMQP_URL"), "{probe}");
+    let dead = variables::help_for("dead list");
+    assert!(dead.contains("PUSHQ_TOPOLOGY_PREFIX") && dead.contains("PUSHQ_AMQP_URL"));
+}
+
+/// The README's Configuration table names exactly the variables of the table.
+#[test]
+fn the_readme_lists_every_variable_and_no_other() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Configuration section");
+    let mut listed: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|line| line.split('`').next())
+        .collect();
+    listed.sort_unstable();
+    let mut known: Vec<&str> = variables::VARIABLES.iter().map(|v| v.name).collect();
+    known.sort_unstable();
+    assert_eq!(listed, known);
+    for variable in variables::VARIABLES {
+        let row = section
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{}` |", variable.name)))
+            .expect("a row");
+        let default = variable
+            .default
+            .map_or_else(|| "—".to_owned(), |default| format!("`{default}`"));
+        assert!(row.contains(&default), "{row} shows {default}");
+        assert!(row.contains(variable.checked), "{row} says what is checked");
+    }
+}

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use hashlink::LruCache;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
-use p256::pkcs8::DecodePrivateKey;
 use pushq_schemas::keys::{BASE64URL_LENIENT, base64url};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+
+mod pem;
 
 /// RFC 8292 allows at most 24 h; 12 h leaves room for clock skew at the push service.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -50,12 +51,11 @@ impl VapidPrivateKey {
             .map_err(|_| "is not a valid P-256 private key".to_owned())
     }
 
-    /// A PEM file: SEC1 (`EC PRIVATE KEY`) or PKCS#8 (`PRIVATE KEY`).
+    /// A PEM file: SEC1 (`EC PRIVATE KEY`, with or without the `EC
+    /// PARAMETERS` block before it) or PKCS#8 (`PRIVATE KEY`), on P-256.
+    /// The error never repeats the input.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        p256::SecretKey::from_sec1_pem(pem)
-            .or_else(|_| p256::SecretKey::from_pkcs8_pem(pem))
-            .map(Self)
-            .map_err(|_| "does not hold a P-256 private key in SEC1 or PKCS#8 PEM".to_owned())
+        pem::secret_key(pem).map(Self)
     }
 
     /// The secret itself, for `vapid generate` to print once.

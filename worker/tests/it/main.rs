@@ -7,6 +7,7 @@ mod browser;
 mod cdp;
 mod claims;
 mod collector;
+mod command_line;
 mod compose;
 mod dead_letters;
 mod delivery;
