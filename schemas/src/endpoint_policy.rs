@@ -198,7 +198,14 @@ fn parse_entry(entry: &str) -> Result<HostRule, String> {
         .trim_start_matches("*.")
         .trim_matches('.')
         .to_ascii_lowercase();
-    if host.is_empty() || host.contains(['/', '@', ' ']) {
+    if host.contains('*') {
+        return Err(format!(
+            "entry {entry:?} is a wildcard: list each push service's host (an entry covers its subdomains already)"
+        ));
+    }
+    let host_character =
+        |c: char| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | '[' | ']' | ':');
+    if host.is_empty() || !host.chars().all(host_character) {
         return Err(format!("entry {entry:?} is not a host name"));
     }
     Ok(HostRule { host, port })

@@ -88,6 +88,17 @@ fn a_url_given_as_a_host_is_named_as_one() {
 }
 
 #[test]
+fn a_wildcard_or_what_no_host_is_made_of_is_refused() {
+    let err = EndpointPolicy::parse("*", false).expect_err("a wildcard");
+    assert!(err.contains("is a wildcard"), "{err}");
+    assert!(EndpointPolicy::parse("*:*", true).is_err());
+    assert!(EndpointPolicy::parse("push.example.com;rm", false).is_err());
+    // `*.` before a host is how some write "and its subdomains", which every entry means.
+    assert!(EndpointPolicy::parse("*.push.example.com", false).is_ok());
+    assert!(EndpointPolicy::parse("127.0.0.1:*", true).is_ok());
+}
+
+#[test]
 fn settings_read_like_the_workers() {
     assert_eq!(
         EndpointPolicy::from_settings(None, None),
