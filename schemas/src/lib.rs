@@ -9,6 +9,7 @@ pub mod delays;
 pub mod endpoint_policy;
 pub mod envelope;
 pub mod error;
+pub mod error_text;
 pub mod event_types;
 mod field_errors;
 pub mod keys;

@@ -20,7 +20,6 @@ use crate::broker::{self, BrokerError, consume, topology};
 use crate::config::{ConfigError, Settings};
 use crate::consumer;
 use crate::dependency::{self, Patience};
-use crate::error_text;
 use crate::http::Observed;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -28,6 +27,7 @@ use crate::push::limits::Limits;
 use crate::push::{PushClient, VapidPrivateKey, VapidSigner};
 use crate::step::Source;
 use crate::store::{self, StoreError, subscriptions};
+use pushq_schemas::error_text;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -8,7 +8,6 @@ pub mod consumer;
 pub mod dead;
 pub mod demo;
 pub mod dependency;
-pub mod error_text;
 pub mod feedback;
 pub mod http;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! Errors as one line for people: each cause once. Many libraries repeat
+//! Errors as one line for people, for the worker, the SDK's users and the
+//! examples alike: each cause once. Many libraries repeat
 //! their source's text in their own message (sqlx's "error communicating
 //! with database: Connection refused (os error 111)" over the io::Error
 //! itself), so printing every level doubles it.
