@@ -19,7 +19,12 @@ impl Topology {
             && prefix
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if valid {
+        if valid && prefix.starts_with("amq.") {
+            // RabbitMQ refuses to declare such names (ACCESS_REFUSED).
+            Err(format!(
+                "topology prefix {prefix:?} starts with amq., which RabbitMQ keeps for its own exchanges and queues"
+            ))
+        } else if valid {
             Ok(Self { prefix })
         } else {
             Err(format!(
@@ -102,5 +107,8 @@ mod tests {
         assert!(Topology::new("").is_err());
         assert!(Topology::new("a b").is_err());
         assert!(Topology::new("x".repeat(101)).is_err());
+        let reserved = Topology::new("amq.pushq").expect_err("RabbitMQ's own names");
+        assert!(reserved.contains("starts with amq."), "{reserved}");
+        assert!(Topology::new("pushq.amq").is_ok());
     }
 }

@@ -202,23 +202,27 @@ impl App {
             if shutdown.is_cancelled() {
                 return Exit::Clean;
             }
-            // A connection that never got as far as consuming (a queue
-            // declared with other arguments, a missing permission) would
-            // otherwise fail again at once, in a loop.
+            let broker = broker::dependency(url);
+            if let Some(why) = broker::refused_after_connecting(&err) {
+                tracing::error!("{broker} {why}");
+                return Exit::Refused;
+            }
+            tracing::warn!(
+                "lost {broker}: {}; reconnecting",
+                error_text::sentence(&err)
+            );
+            // A connection lost after consuming is tried again at once (the
+            // attempts that fail say so, one line each); one that never got
+            // as far as consuming (a queue declared with other arguments)
+            // would fail again at once, in a loop, so it waits first.
             if self
                 .consumed_since_connecting
                 .swap(false, Ordering::Relaxed)
             {
                 delays = dependency::backoff();
+                continue;
             }
             let delay = delays.next().unwrap_or(Duration::from_secs(10));
-            tracing::warn!(
-                retry_in_ms = delay.as_millis() as u64,
-                "lost {}: {}; reconnecting in {:.1} s",
-                broker::dependency(url),
-                error_text::sentence(&err),
-                delay.as_secs_f64()
-            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return Exit::Clean,
@@ -310,6 +314,8 @@ async fn heartbeat(pool: PgPool, replica: uuid::Uuid, name: String, stop: Cancel
         .max_connections(1)
         .acquire_timeout(store::workers::HEARTBEAT)
         .connect_lazy_with((*pool.connect_options()).clone());
+    let database = store::connect::dependency(&pool.connect_options());
+    let mut lost = false;
     let mut every = tokio::time::interval(store::workers::HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -317,8 +323,22 @@ async fn heartbeat(pool: PgPool, replica: uuid::Uuid, name: String, stop: Cancel
             _ = every.tick() => {}
             () = stop.cancelled() => break,
         }
-        if let Err(err) = store::workers::beat(&own, replica, &name).await {
-            tracing::warn!(error = %err, "could not refresh this replica's liveness; others may take over its deliveries");
+        // One line when the database goes and one when it is back, not one
+        // a second while it is gone.
+        match store::workers::beat(&own, replica, &name).await {
+            Ok(()) if lost => {
+                lost = false;
+                tracing::info!("{database} answers again; this replica's liveness is refreshed");
+            }
+            Ok(()) => {}
+            Err(err) if !lost => {
+                lost = true;
+                tracing::warn!(
+                    "lost {database}: {}; until it answers, this replica's liveness is not refreshed and other replicas may take over its deliveries",
+                    error_text::sentence(&err)
+                );
+            }
+            Err(err) => tracing::debug!(error = %err, "the database still does not answer"),
         }
     }
     own.close().await;

@@ -95,17 +95,23 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
     let mut ready = app.ready();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(app.run(shutdown.clone()));
-    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|ready| *ready))
-        .await
-        .context("the worker did not start consuming within 30 s: is RabbitMQ running?")?
-        .context("the worker stopped")?;
 
     let made = Made {
         topology: &topology,
         user_prefix: &user_prefix,
         event_source: &event_source,
     };
-    let result = exercise(&settings, &made, &fake, &key, &pool, args).await;
+    // Interrupted (Ctrl-C, SIGTERM), the demo still removes what it made.
+    let result = tokio::select! {
+        result = async {
+            tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|ready| *ready))
+                .await
+                .context("the worker did not start consuming within 30 s")?
+                .context("the worker stopped")?;
+            exercise(&settings, &made, &fake, &key, &pool, args).await
+        } => result,
+        () = interrupted() => Err(anyhow::Error::new(Interrupted)),
+    };
 
     shutdown.cancel();
     let exit = worker.await.context("the worker task failed")?;
@@ -114,6 +120,27 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
         bail!("the worker did not stop cleanly");
     }
     result
+}
+
+/// The demo was stopped by a signal before it finished; what it made is removed.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted; the demo removed the subscriptions, delivery records and queues it had made")]
+pub struct Interrupted;
+
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// What one demo run makes, and removes again.

@@ -80,7 +80,21 @@ pub enum Patience {
 impl Patience {
     /// One-shot commands (`migrate`, `subscriptions list`, `dead …`): one attempt.
     pub const ONCE: Self = Self::Within(Duration::ZERO);
+
+    /// How long one attempt may take: a connection and its handshake, on
+    /// a loaded machine or across a continent, fit in ATTEMPT_MAX; a
+    /// command's patience bounds it further, but never below a second.
+    fn attempt_bound(self, elapsed: Duration) -> Duration {
+        match self {
+            Self::Within(limit) if !limit.is_zero() => limit
+                .saturating_sub(elapsed)
+                .clamp(Duration::from_secs(1), ATTEMPT_MAX),
+            _ => ATTEMPT_MAX,
+        }
+    }
 }
+
+const ATTEMPT_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DependencyError {
@@ -106,7 +120,18 @@ where
     let started = Instant::now();
     let mut delays = backoff();
     loop {
-        let why = match attempt().await {
+        let bound = patience.attempt_bound(started.elapsed());
+        let answered = tokio::time::timeout(bound, attempt()).await;
+        let answered = answered.unwrap_or_else(|_| {
+            // A server that accepts the connection and never answers (hung,
+            // or a load balancer without a backend) would otherwise hold
+            // every command silent for ever.
+            Err(Unavailable::Transient(format!(
+                "no answer within {:.0} s",
+                bound.as_secs_f64()
+            )))
+        });
+        let why = match answered {
             Ok(value) => return Ok(value),
             Err(Unavailable::Refused(why)) => {
                 return Err(DependencyError::Refused {
@@ -143,7 +168,8 @@ where
 
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
-/// Jittered, so that replicas restarted together do not knock together.
+/// Jittered, so that replicas restarted together do not knock together;
+/// the jitter adds up to the delay again, so the result is capped after it.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -151,6 +177,7 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+        .map(|delay| delay.min(MAX_DELAY))
 }
 
 /// An I/O failure in a few words: `connection refused`, not
@@ -228,6 +255,21 @@ mod tests {
             ),
             "{sentence}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_answers_is_an_attempt_that_failed() {
+        let result: Result<(), _> = wait_for(&rabbitmq(), Patience::ONCE, || {
+            std::future::pending::<Result<(), Unavailable>>()
+        })
+        .await;
+        let sentence = result.expect_err("no answer").to_string();
+        assert!(sentence.contains("no answer within 10 s"), "{sentence}");
+    }
+
+    #[test]
+    fn no_wait_between_attempts_is_longer_than_ten_seconds() {
+        assert!(backoff().take(50).all(|delay| delay <= MAX_DELAY));
     }
 
     #[tokio::test(start_paused = true)]

@@ -304,7 +304,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
 }
 
 /// 2 when a dependency refused us (a setting or a permission must change,
-/// like a bad setting), 1 for any other failure.
+/// like a bad setting), 130 for an interrupted demo, 1 for any other failure.
 fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     let refused = err.chain().any(|cause| {
         matches!(
@@ -314,6 +314,9 @@ fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     });
     if refused {
         ExitCode::from(2)
+    } else if err.is::<demo::Interrupted>() {
+        // As a shell reports a process stopped by SIGINT.
+        ExitCode::from(130)
     } else {
         ExitCode::FAILURE
     }

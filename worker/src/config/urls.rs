@@ -23,6 +23,9 @@ pub(super) fn check_amqp_url(value: &str) -> Result<(), ConfigError> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(refuse("names no host".into()));
     }
+    if url.port() == Some(0) {
+        return Err(refuse("names port 0".into()));
+    }
     // Its errors may quote the whole URL, password included.
     AMQPUri::from_str(value)
         .map(drop)
@@ -39,6 +42,20 @@ pub(super) fn check_database_url(value: &str) -> Result<(), ConfigError> {
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         return Err(refuse("must be a postgres:// or postgresql:// URL".into()));
     }
+    if url.port() == Some(0) {
+        return Err(refuse("names port 0".into()));
+    }
+    // Without one, PostgreSQL picks the database named after the user, for
+    // `postgres` the maintenance database: pushq's tables would land there.
+    let database = url.path().trim_start_matches('/');
+    if database.is_empty() {
+        return Err(refuse("names no database".into()));
+    }
+    if database.contains(['/', '%']) {
+        return Err(refuse(
+            "names a database with `/` or `%` in it; give a plain name".into(),
+        ));
+    }
     PgConnectOptions::from_str(value).map(drop).map_err(|err| {
         // sqlx names the parameter it cannot take, never the password.
         refuse(format!("is not a valid PostgreSQL URL ({err})"))
@@ -54,6 +71,7 @@ mod tests {
         for bad in [
             "amqp://guest:s3cret@127.0.0.1:99999/%2f",
             "amqp://guest:s3cret@/%2f",
+            "amqp://guest:s3cret@127.0.0.1:0/%2f",
             "http://guest:s3cret@127.0.0.1:5672/",
         ] {
             let err = check_amqp_url(bad).expect_err(bad).to_string();
@@ -70,6 +88,10 @@ mod tests {
             "postgres://postgres:s3cret@127.0.0.1:99999/pushq",
             "mysql://postgres:s3cret@127.0.0.1/pushq",
             "postgres://postgres:s3cret@127.0.0.1/pushq?sslmode=sometimes",
+            "postgres://postgres:s3cret@127.0.0.1",
+            "postgres://postgres:s3cret@127.0.0.1:5432/",
+            "postgres://postgres:s3cret@127.0.0.1:0/pushq",
+            "postgres://postgres:s3cret@127.0.0.1/bad%ZZname",
         ] {
             let err = check_database_url(bad).expect_err(bad).to_string();
             assert!(err.starts_with("PUSHQ_DATABASE_URL "), "{err}");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::StoreError;
-use crate::dependency::{self, Dependency, Patience, Unavailable, io_reason};
+use super::{StoreError, describe};
+use crate::dependency::{self, Dependency, DependencyError, Patience, Unavailable};
 
 /// Parses a database URL. TLS to a database on this machine protects
 /// nothing and costs CPU on every query, so a loopback host gets no TLS
@@ -57,8 +57,21 @@ pub async fn prepare(
     patience: Patience,
 ) -> Result<PgPool, StoreError> {
     let pool = reach(url, max_connections, patience, Missing::Create).await?;
-    super::migrate(&pool).await?;
-    Ok(pool)
+    match super::migrate(&pool).await {
+        Err(StoreError::Migrate(err))
+            if super::migration_sqlstate(&err).as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+        {
+            Err(StoreError::Unavailable(DependencyError::Refused {
+                dependency: dependency(pool.connect_options().as_ref()),
+                why: format!(
+                    "refused the migrations ({}): the role needs to own the database, or CREATE on its schema, or run `pushq-worker migrate` once as a role that does",
+                    super::describe_migration(&err)
+                ),
+            }))
+        }
+        Err(err) => Err(err),
+        Ok(()) => Ok(pool),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +122,7 @@ async fn answers(options: &PgConnectOptions, missing: Missing) -> Result<(), Una
 }
 
 const UNDEFINED_DATABASE: &str = "3D000";
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// Safe when many replicas start at once: losing the race to create it is
 /// success.
@@ -123,7 +137,7 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), U
         .map_err(|err| {
             Unavailable::Refused(format!(
                 "has no database {name:?}, and connecting to the maintenance database \"postgres\" to create it failed ({}): {by_hand}",
-                reason(&err)
+                describe(&err)
             ))
         })?;
     let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
@@ -136,7 +150,7 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), U
         Err(err) if matches!(sqlstate(&err).as_deref(), Some("42P04" | "23505")) => Ok(()),
         Err(err) => Err(Unavailable::Refused(format!(
             "has no database {name:?}, and creating it failed ({}): {by_hand}",
-            reason(&err)
+            describe(&err)
         ))),
     }
 }
@@ -158,34 +172,21 @@ fn classify(err: &sqlx::Error) -> Unavailable {
     let Some(code) = sqlstate(err) else {
         return match err {
             sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => {
-                Unavailable::Refused(format!("refused the connection: {}", reason(err)))
+                Unavailable::Refused(format!("refused the connection: {}", describe(err)))
             }
-            _ => Unavailable::Transient(reason(err)),
+            _ => Unavailable::Transient(describe(err)),
         };
     };
     match code.as_str() {
         // Starting, shutting down, too many connections, a broken link:
         // all pass by themselves.
         c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
-            Unavailable::Transient(reason(err))
+            Unavailable::Transient(describe(err))
         }
         "28P01" | "28000" => {
-            Unavailable::Refused(format!("refused the user or password: {}", reason(err)))
+            Unavailable::Refused(format!("refused the user or password: {}", describe(err)))
         }
-        _ => Unavailable::Refused(format!("refused the connection: {}", reason(err))),
-    }
-}
-
-/// The server's own words (they name the user, never the password), or the
-/// I/O failure in a few words.
-fn reason(err: &sqlx::Error) -> String {
-    match err {
-        sqlx::Error::Io(io) => io_reason(io),
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("{} ({code})", db.message()),
-            None => db.message().to_owned(),
-        },
-        other => other.to_string(),
+        _ => Unavailable::Refused(format!("refused the connection: {}", describe(err))),
     }
 }
 

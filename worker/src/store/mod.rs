@@ -17,14 +17,15 @@ pub use subscriptions::StoredSubscription;
 pub enum StoreError {
     #[error("the database URL is invalid")]
     InvalidUrl(#[source] sqlx::Error),
-    #[error("database error while {action}")]
+    /// Shown with the server's own words, not sqlx's text, which adds the
+    /// line of PostgreSQL's C source the error came from ("at line 3655").
+    #[error("database error while {action}: {}", describe(cause))]
     Database {
         action: &'static str,
-        #[source]
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
-    #[error("applying migrations failed")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("applying migrations failed: {}", describe_migration(.0))]
+    Migrate(sqlx::migrate::MigrateError),
     /// Unreachable, or refused: the sentence names the variable to look at.
     /// Its own text, and its source too, so that callers find it in the chain.
     #[error("{0}")]
@@ -37,10 +38,10 @@ impl StoreError {
     /// the statement fails the same way every time, unlike a lost
     /// connection, so the message that carries the data is at fault.
     pub fn refused_data(&self) -> Option<String> {
-        let Self::Database { source, .. } = self else {
+        let Self::Database { cause, .. } = self else {
             return None;
         };
-        let code = source.as_database_error()?.code()?;
+        let code = cause.as_database_error()?.code()?;
         ["22", "23", "54"]
             .iter()
             .any(|class| code.starts_with(class))
@@ -49,7 +50,46 @@ impl StoreError {
 }
 
 pub(crate) fn db_error(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { action, source }
+    move |cause| StoreError::Database { action, cause }
+}
+
+/// The server's own words with their SQLSTATE (they name the user, never
+/// the password), the I/O failure in a few words, or sqlx's text.
+pub(crate) fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Io(io) => crate::dependency::io_reason(io),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(UNDEFINED_TABLE) => format!(
+                "{} ({UNDEFINED_TABLE}): the database has no pushq tables yet; create them with `pushq-worker migrate`",
+                db.message()
+            ),
+            Some(code) => format!("{} ({code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+const UNDEFINED_TABLE: &str = "42P01";
+
+pub(crate) fn describe_migration(err: &sqlx::migrate::MigrateError) -> String {
+    use sqlx::migrate::MigrateError;
+    match err {
+        MigrateError::Execute(err) => describe(err),
+        MigrateError::ExecuteMigration(err, version) => {
+            format!("migration {version}: {}", describe(err))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The SQLSTATE a failed migration ended with.
+pub(crate) fn migration_sqlstate(err: &sqlx::migrate::MigrateError) -> Option<String> {
+    use sqlx::migrate::MigrateError;
+    let (MigrateError::Execute(err) | MigrateError::ExecuteMigration(err, _)) = err else {
+        return None;
+    };
+    Some(err.as_database_error()?.code()?.into_owned())
 }
 
 /// Migrations are compiled in, so a deployed binary needs no files beside it.

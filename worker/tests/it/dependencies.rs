@@ -10,7 +10,7 @@ use pushq_schemas::Topology;
 use pushq_worker::push::VapidPrivateKey;
 
 use crate::helpers::{
-    AMQP_URL, Forwarder, WAIT, WorkerProcess, drop_database, free_local_addr, http_get,
+    AMQP_URL, Forwarder, Silent, WAIT, WorkerProcess, drop_database, free_local_addr, http_get,
     postgres_base, unique, wait_ready,
 };
 
@@ -161,7 +161,7 @@ async fn run_waits_for_postgresql_then_rabbitmq_one_line_per_attempt_and_starts_
 }
 
 #[tokio::test]
-async fn a_broker_refusing_the_login_or_the_virtual_host_stops_run_at_once() {
+async fn a_broker_refusing_the_login_the_virtual_host_or_tls_stops_run_at_once() {
     let database = unique("pushq_test_");
     for (amqp_url, sentence) in [
         (
@@ -171,6 +171,10 @@ async fn a_broker_refusing_the_login_or_the_virtual_host_stops_run_at_once() {
         (
             "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
             "RabbitMQ at 127.0.0.1:5672 (PUSHQ_AMQP_URL) refused the virtual host (missing, or the user may not use it): NOT_ALLOWED - vhost no-such-vhost not found",
+        ),
+        (
+            "amqps://guest:guest@127.0.0.1:5672/%2f",
+            "RabbitMQ at 127.0.0.1:5672 (PUSHQ_AMQP_URL) failed the TLS handshake",
         ),
     ] {
         let vars = run_vars(
@@ -263,4 +267,155 @@ async fn the_demo_says_in_one_sentence_how_to_start_what_is_missing() {
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr, sentence);
     }
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_reported_not_waited_on_for_ever() {
+    let silent = Silent::start().await;
+    let at = silent.addr;
+    let database_url = format!("postgres://postgres@{at}/pushq");
+    let amqp_url = format!("amqp://guest:guest@{at}/%2f");
+    let database = [("PUSHQ_DATABASE_URL", database_url.as_str())];
+    let broker = [("PUSHQ_AMQP_URL", amqp_url.as_str())];
+    let ((migrate, migrate_err), (dead, dead_err), (demo, demo_err)) = tokio::join!(
+        command(&["migrate"], &database),
+        command(&["dead", "list"], &broker),
+        command(&["demo", "--count", "1"], &broker),
+    );
+    for (output, stderr, said) in [
+        (
+            migrate,
+            migrate_err,
+            format!("cannot reach PostgreSQL at {at} (PUSHQ_DATABASE_URL): no answer within 10 s"),
+        ),
+        (
+            dead,
+            dead_err,
+            format!("cannot reach RabbitMQ at {at} (PUSHQ_AMQP_URL): no answer within 10 s"),
+        ),
+        (
+            demo,
+            demo_err,
+            format!("cannot reach RabbitMQ at {at} (PUSHQ_AMQP_URL): no answer within 3 s"),
+        ),
+    ] {
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&said), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_demo_removes_what_it_made() {
+    let database = unique("pushq_test_");
+    create_database(&database).await;
+    let database_url = format!("{}/{database}", postgres_base());
+    let vars = HashMap::from([
+        ("PUSHQ_DATABASE_URL".to_owned(), database_url.clone()),
+        ("PUSHQ_TOPOLOGY_PREFIX".to_owned(), unique("pushq-test-")),
+    ]);
+    let mut demo = WorkerProcess::spawn("demo --count 3000", &vars);
+    demo.wait_for_lines("sending 3000 notifications", 1).await;
+    // The demo's own topology is named in its replica's row, which it
+    // removes when it stops.
+    let pool = sqlx::PgPool::connect(&database_url)
+        .await
+        .expect("the demo's database");
+    let replica: String = sqlx::query_scalar("SELECT name FROM workers")
+        .fetch_one(&pool)
+        .await
+        .expect("the demo's worker is alive");
+    let prefix = replica
+        .rsplit_once("-worker-")
+        .expect("a replica name")
+        .0
+        .to_owned();
+
+    let status = demo.stop_with("INT").await;
+    assert_eq!(status.code(), Some(130), "{:#?}", demo.log_lines());
+    assert!(
+        demo.log_lines()
+            .iter()
+            .any(|line| line.contains("interrupted; the demo removed")),
+        "{:#?}",
+        demo.log_lines()
+    );
+    for table in ["subscriptions", "deliveries", "workers"] {
+        let left: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .expect("counted");
+        assert_eq!(left, 0, "the interrupted demo left rows in {table}");
+    }
+    pool.close().await;
+    let topology = Topology::new(prefix).expect("the demo's prefix");
+    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            topology.jobs_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    assert!(
+        declared.is_err(),
+        "the interrupted demo left {}",
+        topology.jobs_queue()
+    );
+    let _ = connection.close(200, "done".into()).await;
+    drop_database(&database).await;
+}
+
+#[tokio::test]
+async fn a_database_without_pushq_tables_or_rights_says_what_is_needed() {
+    use sqlx::Connection;
+    let database = unique("pushq_test_");
+    let role = unique("pushq_test_role_");
+    create_database(&database).await;
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
+        .await
+        .expect("admin connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE \"{role}\" LOGIN")))
+        .execute(&mut admin)
+        .await
+        .expect("role created");
+    let base = url::Url::parse(&postgres_base()).expect("a URL");
+    let host = base.host_str().expect("a host");
+    let port = base.port().unwrap_or(5432);
+
+    // Since PostgreSQL 15 only the owner may create tables in `public`.
+    let as_role = format!("postgres://{role}@{host}:{port}/{database}");
+    let (output, stderr) = command(&["migrate"], &[("PUSHQ_DATABASE_URL", &as_role)]).await;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused the migrations") && stderr.contains("(42501)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+
+    let as_owner = format!("{}/{database}", postgres_base());
+    let (output, stderr) = command(
+        &["subscriptions", "list"],
+        &[("PUSHQ_DATABASE_URL", &as_owner)],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the database has no pushq tables yet; create them with `pushq-worker migrate`"
+        ),
+        "{stderr}"
+    );
+
+    drop_database(&database).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE \"{role}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("role dropped");
 }

@@ -112,3 +112,30 @@ fn permission_denied() -> Vec<u8> {
     message.extend_from_slice(&fields);
     message
 }
+
+/// A listener that accepts connections and never answers: a hung server,
+/// or a load balancer without a backend. Dropping it closes them all.
+pub struct Silent {
+    accepting: JoinHandle<()>,
+    pub addr: SocketAddr,
+}
+
+impl Silent {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("bound");
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        Self { accepting, addr }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}

@@ -6,7 +6,7 @@ mod results;
 
 mod messages;
 
-pub use forward::Forwarder;
+pub use forward::{Forwarder, Silent};
 pub use messages::{assert_dead_letter_kinds, binary_properties, new_id, structured_properties};
 pub use process::{WorkerProcess, free_local_addr, wait_ready};
 pub use results::ResultEvent;

@@ -27,12 +27,12 @@ impl WorkerProcess {
         (process, http_addr)
     }
 
-    /// Starts `pushq-worker <command>` with exactly `vars` besides the
-    /// inherited environment, without waiting for anything.
+    /// Starts `pushq-worker <command>` (its words split at spaces) with
+    /// `vars` besides the inherited environment, without waiting for anything.
     pub fn spawn(command: &str, vars: &HashMap<String, String>) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushq-worker"))
-            .arg(command)
+            .args(command.split_whitespace())
             .envs(vars)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
