@@ -128,9 +128,9 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// success.
 async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), Unavailable> {
     let by_hand = format!(
-        "create it as a role that may (CREATE DATABASE \"{}\" OWNER {}), or point PUSHQ_DATABASE_URL at an existing database",
-        name.replace('"', "\"\""),
-        options.get_username()
+        "create it as a role that may (CREATE DATABASE {} OWNER {}), or point PUSHQ_DATABASE_URL at an existing database",
+        quoted(name),
+        quoted(options.get_username())
     );
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
         .await
@@ -140,7 +140,7 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), U
                 describe(&err)
             ))
         })?;
-    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    let create = format!("CREATE DATABASE {}", quoted(name));
     let created = sqlx::query(sqlx::AssertSqlSafe(create))
         .execute(&mut admin)
         .await;
@@ -153,6 +153,12 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), U
             describe(&err)
         ))),
     }
+}
+
+/// An SQL identifier, quoted, so that any name (upper case, spaces, quotes)
+/// is taken as it is.
+fn quoted(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 /// PostgreSQL names the user's own database when the URL names none.

@@ -100,7 +100,7 @@ async fn the_maintenance_database_is_used_only_to_create_a_missing_database() {
     assert_eq!(
         stderr,
         format!(
-            "pushq-worker: PostgreSQL at {listen} (PUSHQ_DATABASE_URL) has no database \"{missing}\", and connecting to the maintenance database \"postgres\" to create it failed (permission denied for database \"postgres\" (42501)): create it as a role that may (CREATE DATABASE \"{missing}\" OWNER postgres), or point PUSHQ_DATABASE_URL at an existing database\n"
+            "pushq-worker: PostgreSQL at {listen} (PUSHQ_DATABASE_URL) has no database \"{missing}\", and connecting to the maintenance database \"postgres\" to create it failed (permission denied for database \"postgres\" (42501)): create it as a role that may (CREATE DATABASE \"{missing}\" OWNER \"postgres\"), or point PUSHQ_DATABASE_URL at an existing database\n"
         )
     );
     assert_eq!(
