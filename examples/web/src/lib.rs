@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod json_body;
+pub mod startup;
 pub mod vapid_key;
 
 use json_body::JsonBody;
