@@ -1,4 +1,4 @@
-//! The SDK's broker connection, whose lapin logs never hold a message body.
+//! The SDK connection's lapin logs, which never hold a message body.
 //!
 //! When the broker returns a `mandatory` message nothing takes, lapin logs it
 //! whole at WARN (`Server returned us a message`, target
@@ -13,40 +13,16 @@
 
 use std::cell::Cell;
 
-use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
-use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
 use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
 use tracing::{Dispatch, Event, Level, Metadata, Subscriber, span};
-
-/// Connects like `Connection::connect`, with the I/O thread's logs filtered.
-pub(crate) async fn connect(amqp_url: &str) -> lapin::Result<Connection> {
-    let uri: AMQPUri = amqp_url
-        .parse()
-        .map_err(|why: String| lapin::Error::from(std::io::Error::other(why)))?;
-    let runtime = lapin::runtime::default_runtime()?;
-    Connection::connector(
-        uri,
-        runtime,
-        // lapin calls this on its I/O thread, before it reads any frame (and
-        // again on that thread for each reconnection).
-        async move |uri, runtime| {
-            install_on_this_thread();
-            uri.connect_with_config_async(OwnedTLSConfig::default().as_ref(), &runtime)
-                .await
-                .map_err(lapin::Error::from)
-        },
-        ConnectionProperties::default(),
-    )
-    .await
-}
 
 thread_local! {
     static INSTALLED: Cell<bool> = const { Cell::new(false) };
 }
 
-fn install_on_this_thread() {
+/// Called on lapin's I/O thread before it reads any frame.
+pub(crate) fn install_on_this_thread() {
     if INSTALLED.get() {
         return;
     }

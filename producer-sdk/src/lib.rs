@@ -19,10 +19,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use pushq_schemas::data::ProducerEvent;
 use pushq_schemas::event_types;
 use tracing::Instrument;
@@ -33,7 +35,10 @@ pub use pushq_schemas::{
     Urgency,
 };
 
+pub use connect::{DEFAULT_CONNECT_TIMEOUT, broker_address};
+
 mod broker_logs;
+mod connect;
 mod trace_context;
 
 /// Why an event was not published. Only `Broker` is worth retrying.
@@ -46,6 +51,10 @@ pub enum PublishError {
         #[source]
         source: InvalidEvent,
     },
+    /// The AMQP URL cannot be used; the text never quotes it (it may hold
+    /// a password).
+    #[error("the AMQP URL {0}: expected amqp://user:password@host:5672/vhost (amqps:// for TLS)")]
+    InvalidUrl(&'static str),
     #[error("the broker connection failed while {action}")]
     Broker {
         action: &'static str,
@@ -98,38 +107,25 @@ pub struct Producer {
 
 impl Producer {
     /// `source` names the publishing service in every event (a URI-reference,
-    /// e.g. `/billing`).
+    /// e.g. `/billing`). Gives up after [`DEFAULT_CONNECT_TIMEOUT`].
     pub async fn connect(
         amqp_url: &str,
         topology: Topology,
         source: impl Into<String>,
     ) -> Result<Self, PublishError> {
-        let broker = |action| move |source| PublishError::Broker { action, source };
-        let connection = broker_logs::connect(amqp_url)
-            .await
-            .map_err(broker("connecting"))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(broker("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("enabling publisher confirms"))?;
-        // Declared here too so that a producer started before any worker finds
-        // its exchange; the arguments match the worker's, so either may go first.
-        channel
-            .exchange_declare(
-                topology.exchange().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("declaring the exchange"))?;
+        Self::connect_within(amqp_url, topology, source, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// [`Producer::connect`], giving up with [`PublishError::Broker`] (an I/O
+    /// error of kind `TimedOut`) when the broker has not completed the
+    /// connection, the channel and the exchange declaration within `timeout`.
+    pub async fn connect_within(
+        amqp_url: &str,
+        topology: Topology,
+        source: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        let (connection, channel) = connect::open(amqp_url, &topology, timeout).await?;
         Ok(Self {
             connection,
             channel,

@@ -291,3 +291,78 @@ async fn a_subscription_the_worker_would_refuse_is_refused_here() {
     producer.close().await.expect("closes");
     broker.cleanup().await;
 }
+
+/// A hung server or a load balancer without a backend: the TCP connection
+/// is accepted and nothing is ever written back.
+#[tokio::test]
+async fn a_broker_that_never_answers_is_an_error_within_the_bound() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "amqp://guest:s3cret@{}/%2f",
+        listener.local_addr().expect("addr")
+    );
+    let bound = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let connect = Producer::connect_within(&url, Topology::default(), "/sdk-test", bound);
+    let (result, accepted) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(connect, listener.accept())
+    })
+    .await
+    .expect("connect_within returns instead of waiting for the broker");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = result.expect_err("nothing answered");
+    assert!(
+        matches!(
+            err,
+            PublishError::Broker {
+                action: "connecting",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    let sentence = pushq_schemas::error_text::sentence(&err);
+    assert!(
+        sentence.contains("did not answer within 0.5 s"),
+        "{sentence}"
+    );
+    assert!(!sentence.contains("s3cret"), "{sentence}");
+
+    // The connection is not left open behind the error: lapin sent its
+    // protocol header, then the socket ends.
+    let (mut stream, _) = accepted.expect("accepted");
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut received),
+    )
+    .await
+    .expect("the SDK closes the socket it gave up on")
+    .expect("read");
+    assert!(received.starts_with(b"AMQP"), "{received:?}");
+}
+
+#[tokio::test]
+async fn a_url_without_a_scheme_is_refused_without_quoting_it() {
+    for url in ["127.0.0.1:5672", "guest:s3cret@127.0.0.1:5672"] {
+        let err = Producer::connect(url, Topology::default(), "/sdk-test")
+            .await
+            .expect_err(url);
+        assert!(matches!(err, PublishError::InvalidUrl(_)), "{err:?}");
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(text.contains("not an amqp:// or amqps:// URL"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+    assert_eq!(
+        pushq_producer::broker_address("amqps://guest:s3cret@rabbit.internal/prod").ok(),
+        Some("rabbit.internal:5671".to_owned())
+    );
+}

@@ -16,10 +16,12 @@ use pushq_producer::{
     InvalidKind, NotificationSend, Producer, PublishError, PushSubscription, SubscriptionRegister,
     SubscriptionUnregister, Target,
 };
+use pushq_schemas::error_text::sentence;
 use serde::Deserialize;
 use serde_json::json;
 
 mod json_body;
+pub mod startup;
 pub mod vapid_key;
 
 use json_body::JsonBody;
@@ -60,7 +62,20 @@ pub fn router(state: AppState) -> Router {
         .route("/vapid-public-key", get(vapid_public_key))
         .route("/subscriptions", post(subscribe).delete(unsubscribe))
         .route("/notify", post(notify))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed here",
+            )
+        })
         .with_state(state)
+}
+
+/// The shape of every error the example answers, so the page reads them all
+/// alike.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 fn page(content_type: &'static str, body: &'static str) -> Response {
@@ -158,24 +173,15 @@ fn answer(published: Result<String, PublishError>, success: StatusCode) -> Respo
         Err(PublishError::Invalid { source, .. })
             if source.kind == InvalidKind::EndpointRefused =>
         {
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "error": source.message })),
-            )
-                .into_response()
+            error(StatusCode::UNPROCESSABLE_ENTITY, &source.message)
         }
-        Err(err @ PublishError::Invalid { .. }) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": err.to_string() })),
-        )
-            .into_response(),
+        Err(err @ PublishError::Invalid { .. }) => error(StatusCode::BAD_REQUEST, &err.to_string()),
         Err(err) => {
-            tracing::error!(error = %err, "publishing to pushq failed");
-            (
+            tracing::error!(error = %sentence(&err), "publishing to pushq failed");
+            error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "error": "notifications are unavailable right now" })),
+                "notifications are unavailable right now",
             )
-                .into_response()
         }
     }
 }

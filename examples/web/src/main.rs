@@ -2,50 +2,64 @@
 //! http://127.0.0.1:8080 (EXAMPLE_ADDR), publishing to pushq's RabbitMQ.
 //! Every variable it reads is in README's "From the browser".
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use pushq_example_web::startup::{self, Failure};
 use pushq_example_web::{AppState, router, vapid_key};
-use pushq_producer::{EndpointPolicy, Producer, Topology};
+use pushq_schemas::error_text::sentence;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    let vapid_public_key = std::env::var("PUSHQ_VAPID_PUBLIC_KEY").context(
-        "PUSHQ_VAPID_PUBLIC_KEY must hold the worker's public key: export PUSHQ_VAPID_PUBLIC_KEY=$(pushq-worker vapid public)",
-    )?;
-    vapid_key::check_public_key(&vapid_public_key).map_err(anyhow::Error::msg)?;
-    // The workers' own settings, read the way they read them.
-    let endpoint_policy = EndpointPolicy::from_env().map_err(anyhow::Error::msg)?;
-    let amqp_url = std::env::var("PUSHQ_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let topology = match std::env::var("PUSHQ_TOPOLOGY_PREFIX") {
-        Ok(prefix) => Topology::new(prefix)
-            .map_err(|why| anyhow::anyhow!("PUSHQ_TOPOLOGY_PREFIX is not a valid prefix: {why}"))?,
-        Err(_) => Topology::default(),
-    };
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("pushq-example-web: {}", failure.sentence);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+async fn run() -> Result<(), Failure> {
+    startup::init_logs()?;
+    let vapid_public_key = std::env::var("PUSHQ_VAPID_PUBLIC_KEY").map_err(|_| {
+        Failure::setting(
+            "PUSHQ_VAPID_PUBLIC_KEY must hold the worker's public key: export PUSHQ_VAPID_PUBLIC_KEY=$(pushq-worker vapid public)",
+        )
+    })?;
+    vapid_key::check_public_key(&vapid_public_key).map_err(Failure::setting)?;
     // Installed before the address is announced: a SIGTERM sent as soon as
     // it is would otherwise find the default action, and end the process 143.
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(
+        |err| {
+            Failure::running(format!(
+                "cannot install the SIGTERM handler: {}",
+                sentence(&err)
+            ))
+        },
+    )?;
+    let producer = startup::connect("/pushq-example-web").await?;
     let addr = std::env::var("EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    let producer = Producer::connect(&amqp_url, topology, "/pushq-example-web")
-        .await
-        .context("connecting to RabbitMQ (PUSHQ_AMQP_URL)")?
-        .with_endpoint_policy(endpoint_policy);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
-        .with_context(|| format!("binding EXAMPLE_ADDR {addr}"))?;
-    tracing::info!("the example is on http://{}", listener.local_addr()?);
+        .and_then(|listener| listener.local_addr().map(|local| (listener, local)));
+    let (listener, local) = listener.map_err(|err| {
+        let why = format!("cannot listen on {addr} (EXAMPLE_ADDR): {}", sentence(&err));
+        if err.kind() == std::io::ErrorKind::InvalidInput {
+            Failure::setting(why)
+        } else {
+            Failure::running(why)
+        }
+    })?;
+    tracing::info!("the example is on http://{local}");
     let state = AppState {
         producer: Arc::new(producer),
         vapid_public_key: vapid_public_key.trim().to_owned(),
     };
     axum::serve(listener, router(state))
         .with_graceful_shutdown(stop_signal(term))
-        .await?;
+        .await
+        .map_err(|err| Failure::running(format!("serving failed: {}", sentence(&err))))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The built binary: a private key given as the public one stops it with the
-//! sentence that says so; SIGTERM stops it cleanly, exit 0.
+//! sentence that says so; a broker it cannot reach or a bad URL, with one
+//! line; SIGTERM stops it cleanly, exit 0.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -91,4 +92,58 @@ fn sigterm_stops_it_cleanly() {
     assert!(killed.success());
     let status = wait_for_exit(&mut child);
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// Runs the binary with the broker at `amqp_url` and lapin's default filter
+/// until it exits; its status and every stderr line.
+fn run_to_exit(amqp_url: &str) -> (ExitStatus, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushq-example-web"))
+        .env("PUSHQ_VAPID_PUBLIC_KEY", P256DH)
+        .env("PUSHQ_AMQP_URL", amqp_url)
+        .env("EXAMPLE_ADDR", "127.0.0.1:0")
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let status = wait_for_exit(&mut child);
+    let stderr = child.stderr.take().expect("stderr");
+    // The process has exited: its stderr is at its end.
+    let lines = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    (status, lines)
+}
+
+#[test]
+fn an_unreachable_broker_stops_it_with_one_line_naming_the_variable_and_address() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = free.local_addr().expect("addr").to_string();
+    drop(free);
+    let (status, lines) = run_to_exit(&format!("amqp://guest:s3cret@{address}/%2f"));
+    assert_eq!(status.code(), Some(1), "{status}: {lines:#?}");
+    let [line] = lines.as_slice() else {
+        panic!("one line: {lines:#?}");
+    };
+    assert!(line.starts_with("pushq-example-web: "), "{line}");
+    assert!(line.contains("PUSHQ_AMQP_URL"), "{line}");
+    assert!(line.contains(&address), "{line}");
+    assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
+}
+
+#[test]
+fn a_url_without_a_scheme_is_a_setting_to_fix() {
+    let (status, lines) = run_to_exit("127.0.0.1:5672");
+    assert_eq!(status.code(), Some(2), "{status}: {lines:#?}");
+    let [line] = lines.as_slice() else {
+        panic!("one line: {lines:#?}");
+    };
+    assert!(
+        line.starts_with("pushq-example-web: PUSHQ_AMQP_URL")
+            && line.contains("not an amqp:// or amqps:// URL"),
+        "{line}"
+    );
 }

@@ -28,11 +28,21 @@ async fn serve() -> (String, Topology) {
     (addr, topology)
 }
 
-/// One HTTP/1.1 request; the status and the body parsed as JSON.
 async fn post(addr: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+    request(addr, "POST", path, content_type, body).await
+}
+
+/// One HTTP/1.1 request; the status and the body parsed as JSON.
+async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -89,6 +99,12 @@ async fn a_refused_request_is_answered_in_json() {
     assert!(body["error"].is_string(), "{body}");
     let (status, body) = post(&addr, "/notify", "application/json", "{").await;
     assert_eq!(status, 400);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = request(&addr, "GET", "/no-such-page", "text/plain", "").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = request(&addr, "GET", "/notify", "text/plain", "").await;
+    assert_eq!(status, 405);
     assert!(body["error"].is_string(), "{body}");
 }
 
