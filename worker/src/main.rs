@@ -11,6 +11,7 @@ use pushq_worker::config::{self, Settings, variables};
 use pushq_worker::dependency::{DependencyError, Patience};
 use pushq_worker::push::VapidPrivateKey;
 use pushq_worker::store::{self, subscriptions};
+use pushq_worker::terminal::StdoutError;
 use pushq_worker::{dead, demo, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -122,13 +123,13 @@ impl Command {
     }
 }
 
-/// `println!` but for a closed pipe (`vapid generate | head -1`), which ends
-/// the output quietly instead of panicking.
+/// `println!` that returns a failed write as the command's error instead of
+/// panicking or losing it: main ends quietly when the reader went away
+/// (`vapid generate | head -1`) and fails on anything else (a full disk).
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        pushq_worker::terminal::print_line(format_args!($($arg)*))?
+    };
 }
 
 fn main() -> ExitCode {
@@ -175,6 +176,7 @@ fn main() -> ExitCode {
     };
     let code = match runtime.block_on(execute(cli.command, settings)) {
         Ok(code) => code,
+        Err(err) if reader_gone(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("pushq-worker: {}", error_text::sentence(err.as_ref()));
             exit_code_of(&err)
@@ -317,6 +319,12 @@ fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What was printed reached a reader that no longer wants more.
+fn reader_gone(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StdoutError>()
+        .is_some_and(StdoutError::is_broken_pipe)
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal) starts a graceful stop.
