@@ -11,7 +11,7 @@ use pushq_worker::config::{self, Settings, variables};
 use pushq_worker::dependency::{DependencyError, Patience};
 use pushq_worker::push::VapidPrivateKey;
 use pushq_worker::store::{self, subscriptions};
-use pushq_worker::terminal::StdoutError;
+use pushq_worker::terminal::{StdoutError, printable};
 use pushq_worker::{dead, demo, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -261,7 +261,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             );
             out!("{:<20}  {:>7}  sample reason", "kind", "count");
             for (kind, summary) in &list.by_kind {
-                out!("{kind:<20}  {:>7}  {}", summary.count, summary.sample);
+                // From the letters' headers, which a producer may have set.
+                out!(
+                    "{:<20}  {:>7}  {}",
+                    printable(kind),
+                    summary.count,
+                    printable(&summary.sample)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -292,12 +298,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let pool = store::connect(settings.database_url(), 1, Patience::ONCE).await?;
             out!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
             for sub in subscriptions::list(&pool, None, limit).await? {
+                // Stored as browsers' pages sent them: escaped, so that they
+                // cannot drive the terminal.
                 out!(
                     "{:<36}  {:<24}  {:<40}  {}",
                     sub.id,
-                    sub.user_id,
+                    printable(&sub.user_id),
                     pushq_schemas::data::endpoint_origin(&sub.endpoint),
-                    sub.tags.join(",")
+                    printable(&sub.tags.join(","))
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -1,7 +1,11 @@
 //! What the commands print: a failed write to standard output is an error,
-//! while a reader that went away is not.
+//! while a reader that went away is not; stored text cannot drive the
+//! operator's terminal.
 
-use crate::helpers::WAIT;
+use sqlx::{Connection as _, PgConnection};
+
+use crate::command_line::pushq;
+use crate::helpers::{WAIT, drop_database, postgres_base, unique};
 
 #[tokio::test]
 async fn output_that_cannot_be_written_fails_with_one_sentence() {
@@ -30,6 +34,42 @@ async fn output_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{}: {stderr}", output.status);
     assert_eq!(stderr, "", "nothing to say: the reader has what it wanted");
+}
+
+#[tokio::test]
+async fn stored_control_characters_are_listed_escaped() {
+    let database = unique("pushq_test_");
+    let url = format!("{}/{database}", postgres_base());
+    let vars = [("PUSHQ_DATABASE_URL", url.as_str())];
+    let run = pushq(&["migrate"], &vars).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut db = PgConnection::connect(&url).await.expect("the database");
+    // As no browser's page could register it: straight into the table.
+    sqlx::query(
+        "INSERT INTO subscriptions (id, user_id, endpoint, p256dh, auth, tags) VALUES ($1, $2, $3, 'k', 'a', $4)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind("\u{1b}[31mroot\u{1b}[0m")
+    .bind("https://fcm.googleapis.com/fcm/send/x")
+    .bind(vec!["a\nfake line", "Zoë"])
+    .execute(&mut db)
+    .await
+    .expect("stored");
+    let run = pushq(&["subscriptions", "list"], &vars).await;
+    drop(db);
+    drop_database(&database).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(!run.stdout.contains('\u{1b}'), "{:?}", run.stdout);
+    assert_eq!(
+        run.stdout.lines().count(),
+        2,
+        "a header and one line: {}",
+        run.stdout
+    );
+    let line = run.stdout.lines().nth(1).expect("the subscription");
+    assert!(line.contains("\\u{1b}[31mroot\\u{1b}[0m"), "{line}");
+    assert!(line.contains("https://fcm.googleapis.com"), "{line}");
+    assert!(line.ends_with("a\\nfake line,Zoë"), "{line}");
 }
 
 /// `pushq-worker vapid generate` with `stdout`, to its end (bounded by
