@@ -159,12 +159,16 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    if telemetry.is_some() {
-        let names: Vec<String> = std::env::vars_os()
-            .filter_map(|(name, _)| name.into_string().ok())
-            .collect();
-        for warning in config::unknown_variables(names.iter().map(String::as_str)) {
+    // Every command, logging or not: a misspelt name silently leaves its
+    // setting at the default (`probe` asking the wrong address).
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    for warning in config::unknown_variables(names.iter().map(String::as_str)) {
+        if telemetry.is_some() {
             tracing::warn!("{warning}");
+        } else {
+            eprintln!("pushq-worker: warning: {warning}");
         }
     }
     let runtime = match tokio::runtime::Runtime::new() {

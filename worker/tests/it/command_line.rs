@@ -120,6 +120,35 @@ async fn a_misspelt_setting_is_warned_about_once_without_colours_in_a_pipe() {
 }
 
 #[tokio::test]
+async fn a_misspelt_setting_is_warned_about_by_a_command_that_does_not_log() {
+    let unused = crate::helpers::free_local_addr().to_string();
+    let run = pushq(
+        &["probe"],
+        &[
+            ("PUSHQ_HTTP_ADR", "127.0.0.1:1"),
+            ("PUSHQ_HTTP_ADDR", &unused),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert_eq!(
+        lines[0],
+        "pushq-worker: warning: PUSHQ_HTTP_ADR is not a pushq setting; did you mean PUSHQ_HTTP_ADDR?"
+    );
+    // reqwest's own text names only the URL: the cause must follow, once.
+    let why = lines[1];
+    assert!(
+        why.starts_with(&format!(
+            "pushq-worker: not ready: no answer from {unused}: "
+        )),
+        "{why}"
+    );
+    assert_eq!(why.matches("Connection refused").count(), 1, "{why}");
+}
+
+#[tokio::test]
 async fn commands_that_need_no_settings_ignore_bad_ones() {
     let bad = [
         ("PUSHQ_VAPID_PRIVATE_KEY", "c2VjcmV0LW5vdC1hLWtleQ"),
