@@ -7,7 +7,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
 use pushq_schemas::error_text;
 use pushq_worker::app::{self, App, Exit};
-use pushq_worker::config::{self, Settings, variables};
+use pushq_worker::config::{self, ConfigError, LogFormat, Settings, variables};
 use pushq_worker::dependency::{DependencyError, Patience};
 use pushq_worker::push::VapidPrivateKey;
 use pushq_worker::store::{self, subscriptions};
@@ -178,11 +178,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json_logs = telemetry.is_some() && settings.log_format == LogFormat::Json;
     let code = match runtime.block_on(execute(cli.command, settings)) {
         Ok(code) => code,
         Err(err) if reader_gone(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("pushq-worker: {}", error_text::sentence(err.as_ref()));
+            fatal(&error_text::sentence(err.as_ref()), json_logs);
             exit_code_of(&err)
         }
     };
@@ -207,10 +208,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let app = tokio::select! {
                 built = App::build(settings) => match built {
                     Ok(app) => app,
-                    Err(app::BuildError::Config(err)) => {
-                        eprintln!("pushq-worker: {err}");
-                        return Ok(ExitCode::from(2));
-                    }
+                    Err(app::BuildError::Config(err)) => return Err(err.into()),
                     Err(err) => return Err(anyhow::Error::new(err)),
                 },
                 () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
@@ -238,10 +236,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Vapid(VapidCommand::Public) => {
             let Some(key) = settings.vapid_private_key else {
-                eprintln!(
-                    "pushq-worker: PUSHQ_VAPID_PRIVATE_KEY (or PUSHQ_VAPID_PRIVATE_KEY_FILE) is required: create one with `pushq-worker vapid generate`"
-                );
-                return Ok(ExitCode::from(2));
+                return Err(ConfigError(
+                    "PUSHQ_VAPID_PRIVATE_KEY (or PUSHQ_VAPID_PRIVATE_KEY_FILE) is required: create one with `pushq-worker vapid generate`".into(),
+                ).into());
             };
             out!("{}", key.public_key_base64url());
             Ok(ExitCode::SUCCESS)
@@ -317,14 +314,26 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     }
 }
 
-/// 2 when a dependency refused us (a setting or a permission must change,
-/// like a bad setting), 1 for any other failure.
+/// The sentence a command ends on. A log collector reading JSON lines
+/// would drop a plain one, so with JSON logs it is one more line, at ERROR;
+/// else (and when RUST_LOG filters it out) plain, as before logging starts.
+fn fatal(sentence: &str, json_logs: bool) {
+    if json_logs && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{sentence}");
+    } else {
+        eprintln!("pushq-worker: {sentence}");
+    }
+}
+
+/// 2 for a bad setting, or when a dependency refused us (a setting or a
+/// permission must change), 1 for any other failure.
 fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     let refused = err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<DependencyError>(),
-            Some(DependencyError::Refused { .. })
-        )
+        cause.is::<ConfigError>()
+            || matches!(
+                cause.downcast_ref::<DependencyError>(),
+                Some(DependencyError::Refused { .. })
+            )
     });
     if refused {
         ExitCode::from(2)

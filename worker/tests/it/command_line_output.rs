@@ -1,6 +1,6 @@
 //! What the commands print: a failed write to standard output is an error,
 //! while a reader that went away is not; stored text cannot drive the
-//! operator's terminal.
+//! operator's terminal; with JSON logs, the last sentence is JSON too.
 
 use sqlx::{Connection as _, PgConnection};
 
@@ -70,6 +70,37 @@ async fn stored_control_characters_are_listed_escaped() {
     assert!(line.contains("\\u{1b}[31mroot\\u{1b}[0m"), "{line}");
     assert!(line.contains("https://fcm.googleapis.com"), "{line}");
     assert!(line.ends_with("a\\nfake line,Zoë"), "{line}");
+}
+
+#[tokio::test]
+async fn with_json_logs_the_sentence_a_command_ends_on_is_a_json_line() {
+    let refused = [
+        (
+            "PUSHQ_DATABASE_URL",
+            "postgres://no_such_role@127.0.0.1:5432/pushq",
+        ),
+        ("PUSHQ_LOG_FORMAT", "json"),
+    ];
+    let run = pushq(&["migrate"], &refused).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let message = line["message"].as_str().expect("a message");
+    assert!(
+        message.starts_with("PostgreSQL at 127.0.0.1:5432 (PUSHQ_DATABASE_URL) refused"),
+        "{message}"
+    );
+    // Text logs keep the plain sentence.
+    let run = pushq(&["migrate"], &refused[..1]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("pushq-worker: PostgreSQL at 127.0.0.1:5432"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// `pushq-worker vapid generate` with `stdout`, to its end (bounded by
