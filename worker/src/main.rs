@@ -28,11 +28,13 @@ struct Cli {
 enum Command {
     /// Run the worker until SIGTERM or SIGINT.
     #[command(
-        long_about = "Run the worker until SIGTERM or SIGINT: consume the jobs, subscription and feedback queues, deliver, retry and dead-letter; serve /healthz, /readyz and /metrics. Applies pending migrations and declares the topology at start.",
+        long_about = "Run the worker until SIGTERM or SIGINT: consume the jobs, subscription and feedback queues, deliver, retry and dead-letter; serve /healthz, /readyz and /metrics. Applies pending migrations and declares the topology at start.\n\nWaits for RabbitMQ and PostgreSQL while they are unreachable, then carries on; a refused login, virtual host or database stops it with exit status 2.",
         after_help = variables::help_for("run")
     )]
     Run,
     /// Create the database if missing and apply pending migrations.
+    ///
+    /// Tries PostgreSQL once.
     #[command(after_help = variables::help_for("migrate"))]
     Migrate,
     /// VAPID key pairs.
@@ -40,7 +42,7 @@ enum Command {
     Vapid(VapidCommand),
     /// The whole flow on this machine against the local RabbitMQ and PostgreSQL.
     #[command(
-        long_about = "The whole flow on this machine against the local RabbitMQ and PostgreSQL: a fake push service plays every browser, the worker runs in-process with a throwaway key and topology, every notification is decrypted and compared. Logs at warn unless RUST_LOG says otherwise.",
+        long_about = "The whole flow on this machine against the local RabbitMQ and PostgreSQL: a fake push service plays every browser, the worker runs in-process with a throwaway key and topology, every notification is decrypted and compared. Logs at warn unless RUST_LOG says otherwise.\n\nTries RabbitMQ and PostgreSQL for 3 s, then says how to start what is missing.",
         after_help = variables::help_for("demo")
     )]
     Demo(demo::DemoArgs),
@@ -68,6 +70,8 @@ enum VapidCommand {
 #[derive(Debug, Subcommand)]
 enum DeadCommand {
     /// Count the letters by kind, with a sample reason for each (nothing is removed).
+    ///
+    /// Tries RabbitMQ once.
     #[command(after_help = variables::help_for("dead list"))]
     List {
         /// Read at most this many letters.
@@ -75,6 +79,8 @@ enum DeadCommand {
         limit: usize,
     },
     /// Send letters back where they came from, each acked only once its replay is confirmed.
+    ///
+    /// Tries RabbitMQ once.
     #[command(after_help = variables::help_for("dead replay"))]
     Replay {
         /// Only letters of this kind.
@@ -89,6 +95,8 @@ enum DeadCommand {
 #[derive(Debug, Subcommand)]
 enum SubscriptionsCommand {
     /// List stored subscriptions (id, user, push service, tags).
+    ///
+    /// Tries PostgreSQL once.
     #[command(after_help = variables::help_for("subscriptions list"))]
     List {
         /// Show at most this many.

@@ -81,14 +81,14 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "PUSHQ_AMQP_URL",
         Some(DEFAULT_AMQP_URL),
-        "the RabbitMQ broker; waited for while unreachable, a refused login or virtual host stops `run`",
+        "the RabbitMQ broker",
         "an `amqp://` or `amqps://` URL with a host and a valid port (its password is never shown)",
         BROKER,
     ),
     var(
         "PUSHQ_DATABASE_URL",
         Some(DEFAULT_DATABASE_URL),
-        "the PostgreSQL database; waited for while unreachable; created if missing (only then through the `postgres` maintenance database)",
+        "the PostgreSQL database; `run`, `migrate` and `demo` create it if missing (only then connecting to the `postgres` maintenance database)",
         "a `postgres://` or `postgresql://` URL that parses, with a valid port (its password is never shown)",
         DATABASE,
     ),

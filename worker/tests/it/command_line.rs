@@ -283,6 +283,34 @@ async fn every_command_explains_itself_and_the_variables_it_reads() {
 }
 
 #[tokio::test]
+async fn only_run_is_described_as_waiting_for_its_dependencies() {
+    let run = pushq(&["run", "--help"], &[]).await;
+    assert!(
+        run.stdout.contains("Waits for RabbitMQ and PostgreSQL"),
+        "{}",
+        run.stdout
+    );
+    let commands: [(&[&str], &str); 5] = [
+        (&["migrate"], "Tries PostgreSQL once"),
+        (&["subscriptions", "list"], "Tries PostgreSQL once"),
+        (&["dead", "list"], "Tries RabbitMQ once"),
+        (&["dead", "replay"], "Tries RabbitMQ once"),
+        (&["demo"], "Tries RabbitMQ and PostgreSQL for 3 s"),
+    ];
+    for (command, tries) in commands {
+        let args: Vec<&str> = command.iter().copied().chain(["--help"]).collect();
+        let help = pushq(&args, &[]).await.stdout;
+        assert!(help.contains(tries), "{command:?}: {help}");
+        for waiting in ["wait", "stops `run`", "stops run"] {
+            assert!(
+                !help.contains(waiting),
+                "{command:?} says {waiting:?}: {help}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_dead_letter_kind_is_refused_listing_the_known_ones() {
     let run = pushq(&["dead", "replay", "--kind", "bogus"], &[]).await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
