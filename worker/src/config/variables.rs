@@ -152,7 +152,7 @@ pub const VARIABLES: &[Variable] = &[
         "PUSHQ_RETRY_DELAYS_MS",
         Some(DEFAULT_RETRY_DELAYS_MS),
         "the delay before each retry; as many retries as delays",
-        "positive milliseconds, comma-separated (spaces around them are trimmed), none smaller than the one before; set but empty is refused",
+        "positive milliseconds up to 28 days (2419200000), comma-separated (spaces around them are trimmed), none smaller than the one before; set but empty is refused",
         WORKING,
     ),
     var(

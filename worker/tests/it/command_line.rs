@@ -88,6 +88,15 @@ async fn retry_delays_that_decrease_or_are_empty_stop_the_start() {
     );
     let run = pushq(&["run"], &[("PUSHQ_RETRY_DELAYS_MS", "")]).await;
     assert_refused(&run, "PUSHQ_RETRY_DELAYS_MS is set but empty");
+    let run = pushq(
+        &["run"],
+        &[("PUSHQ_RETRY_DELAYS_MS", "18446744073709551615")],
+    )
+    .await;
+    assert_refused(
+        &run,
+        "PUSHQ_RETRY_DELAYS_MS entry 1 (18446744073709551615) is longer than 28 days",
+    );
 }
 
 #[tokio::test]
