@@ -250,7 +250,7 @@ pub const VARIABLES: &[Variable] = &[
         "RUST_LOG",
         Some("info (demo: warn)"),
         "log levels, e.g. `info,pushq_worker=debug`",
-        "a valid `tracing` filter",
+        "a valid `tracing` filter, without a bare word that is neither a level nor a crate pushq logs from (a misspelt level: `warning`)",
         LOGGING,
     ),
     var(

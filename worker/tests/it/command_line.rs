@@ -103,6 +103,10 @@ async fn retry_delays_that_decrease_or_are_empty_stop_the_start() {
 async fn an_invalid_rust_log_stops_the_start_naming_it() {
     let run = pushq(&["migrate"], &[("RUST_LOG", "pushq_worker=loud")]).await;
     assert_refused(&run, "RUST_LOG is not a valid log filter");
+    // Parsed as a crate's name, it would turn every log off.
+    let run = pushq(&["vapid", "public"], &[("RUST_LOG", "warning")]).await;
+    assert_refused(&run, "RUST_LOG is not a valid log filter");
+    assert!(run.stderr.contains("did you mean warn?"), "{}", run.stderr);
 }
 
 #[tokio::test]
