@@ -17,6 +17,7 @@ mod unknown;
 pub mod variables;
 
 pub use parse::DEFAULT_RETRY_DELAYS_MS;
+pub(crate) use unknown::edit_distance;
 pub use unknown::unknown as unknown_variables;
 pub use variables::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
 

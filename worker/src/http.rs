@@ -121,7 +121,13 @@ pub async fn probe(addr: SocketAddr) -> Result<(), String> {
         .timeout(std::time::Duration::from_secs(3))
         .send()
         .await
-        .map_err(|err| format!("no answer from {addr}: {err}"))?;
+        .map_err(|err| {
+            // reqwest's own text names only the URL; the cause is below it.
+            format!(
+                "no answer from {addr}: {}",
+                pushq_schemas::error_text::sentence(&err)
+            )
+        })?;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -18,3 +18,4 @@ pub mod retry;
 pub mod step;
 pub mod store;
 pub mod telemetry;
+pub mod terminal;

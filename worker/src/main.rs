@@ -7,10 +7,11 @@ use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
 use pushq_schemas::error_text;
 use pushq_worker::app::{self, App, Exit};
-use pushq_worker::config::{self, Settings, variables};
+use pushq_worker::config::{self, ConfigError, LogFormat, Settings, variables};
 use pushq_worker::dependency::{DependencyError, Patience};
 use pushq_worker::push::VapidPrivateKey;
 use pushq_worker::store::{self, subscriptions};
+use pushq_worker::terminal::{StdoutError, printable};
 use pushq_worker::{dead, demo, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -27,11 +28,13 @@ struct Cli {
 enum Command {
     /// Run the worker until SIGTERM or SIGINT.
     #[command(
-        long_about = "Run the worker until SIGTERM or SIGINT: consume the jobs, subscription and feedback queues, deliver, retry and dead-letter; serve /healthz, /readyz and /metrics. Applies pending migrations and declares the topology at start.",
+        long_about = "Run the worker until SIGTERM or SIGINT: consume the jobs, subscription and feedback queues, deliver, retry and dead-letter; serve /healthz, /readyz and /metrics. Applies pending migrations and declares the topology at start.\n\nWaits for RabbitMQ and PostgreSQL while they are unreachable, then carries on; a refused login, virtual host or database stops it with exit status 2.",
         after_help = variables::help_for("run")
     )]
     Run,
     /// Create the database if missing and apply pending migrations.
+    ///
+    /// Tries PostgreSQL once.
     #[command(after_help = variables::help_for("migrate"))]
     Migrate,
     /// VAPID key pairs.
@@ -39,7 +42,7 @@ enum Command {
     Vapid(VapidCommand),
     /// The whole flow on this machine against the local RabbitMQ and PostgreSQL.
     #[command(
-        long_about = "The whole flow on this machine against the local RabbitMQ and PostgreSQL: a fake push service plays every browser, the worker runs in-process with a throwaway key and topology, every notification is decrypted and compared. Logs at warn unless RUST_LOG says otherwise.",
+        long_about = "The whole flow on this machine against the local RabbitMQ and PostgreSQL: a fake push service plays every browser, the worker runs in-process with a throwaway key and topology, every notification is decrypted and compared. Logs at warn unless RUST_LOG says otherwise.\n\nTries RabbitMQ and PostgreSQL for 3 s, then says how to start what is missing.",
         after_help = variables::help_for("demo")
     )]
     Demo(demo::DemoArgs),
@@ -67,6 +70,8 @@ enum VapidCommand {
 #[derive(Debug, Subcommand)]
 enum DeadCommand {
     /// Count the letters by kind, with a sample reason for each (nothing is removed).
+    ///
+    /// Tries RabbitMQ once.
     #[command(after_help = variables::help_for("dead list"))]
     List {
         /// Read at most this many letters.
@@ -74,6 +79,8 @@ enum DeadCommand {
         limit: usize,
     },
     /// Send letters back where they came from, each acked only once its replay is confirmed.
+    ///
+    /// Tries RabbitMQ once.
     #[command(after_help = variables::help_for("dead replay"))]
     Replay {
         /// Only letters of this kind.
@@ -88,6 +95,8 @@ enum DeadCommand {
 #[derive(Debug, Subcommand)]
 enum SubscriptionsCommand {
     /// List stored subscriptions (id, user, push service, tags).
+    ///
+    /// Tries PostgreSQL once.
     #[command(after_help = variables::help_for("subscriptions list"))]
     List {
         /// Show at most this many.
@@ -122,13 +131,13 @@ impl Command {
     }
 }
 
-/// `println!` but for a closed pipe (`vapid generate | head -1`), which ends
-/// the output quietly instead of panicking.
+/// `println!` that returns a failed write as the command's error instead of
+/// panicking or losing it: main ends quietly when the reader went away
+/// (`vapid generate | head -1`) and fails on anything else (a full disk).
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        pushq_worker::terminal::print_line(format_args!($($arg)*))?
+    };
 }
 
 fn main() -> ExitCode {
@@ -158,12 +167,16 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    if telemetry.is_some() {
-        let names: Vec<String> = std::env::vars_os()
-            .filter_map(|(name, _)| name.into_string().ok())
-            .collect();
-        for warning in config::unknown_variables(names.iter().map(String::as_str)) {
+    // Every command, logging or not: a misspelt name silently leaves its
+    // setting at the default (`probe` asking the wrong address).
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    for warning in config::unknown_variables(names.iter().map(String::as_str)) {
+        if telemetry.is_some() {
             tracing::warn!("{warning}");
+        } else {
+            eprintln!("pushq-worker: warning: {warning}");
         }
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -173,10 +186,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json_logs = telemetry.is_some() && settings.log_format == LogFormat::Json;
     let code = match runtime.block_on(execute(cli.command, settings)) {
         Ok(code) => code,
+        Err(err) if reader_gone(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("pushq-worker: {}", error_text::sentence(err.as_ref()));
+            fatal(&error_text::sentence(err.as_ref()), json_logs);
             exit_code_of(&err)
         }
     };
@@ -201,10 +216,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let app = tokio::select! {
                 built = App::build(settings) => match built {
                     Ok(app) => app,
-                    Err(app::BuildError::Config(err)) => {
-                        eprintln!("pushq-worker: {err}");
-                        return Ok(ExitCode::from(2));
-                    }
+                    Err(app::BuildError::Config(err)) => return Err(err.into()),
                     Err(err) => return Err(anyhow::Error::new(err)),
                 },
                 () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
@@ -232,10 +244,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }
         Command::Vapid(VapidCommand::Public) => {
             let Some(key) = settings.vapid_private_key else {
-                eprintln!(
-                    "pushq-worker: PUSHQ_VAPID_PRIVATE_KEY (or PUSHQ_VAPID_PRIVATE_KEY_FILE) is required: create one with `pushq-worker vapid generate`"
-                );
-                return Ok(ExitCode::from(2));
+                return Err(ConfigError(
+                    "PUSHQ_VAPID_PRIVATE_KEY (or PUSHQ_VAPID_PRIVATE_KEY_FILE) is required: create one with `pushq-worker vapid generate`".into(),
+                ).into());
             };
             out!("{}", key.public_key_base64url());
             Ok(ExitCode::SUCCESS)
@@ -259,7 +270,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             );
             out!("{:<20}  {:>7}  sample reason", "kind", "count");
             for (kind, summary) in &list.by_kind {
-                out!("{kind:<20}  {:>7}  {}", summary.count, summary.sample);
+                // From the letters' headers, which a producer may have set.
+                out!(
+                    "{:<20}  {:>7}  {}",
+                    printable(kind),
+                    summary.count,
+                    printable(&summary.sample)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -290,12 +307,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let pool = store::connect(settings.database_url(), 1, Patience::ONCE).await?;
             out!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
             for sub in subscriptions::list(&pool, None, limit).await? {
+                // Stored as browsers' pages sent them: escaped, so that they
+                // cannot drive the terminal.
                 out!(
                     "{:<36}  {:<24}  {:<40}  {}",
                     sub.id,
-                    sub.user_id,
+                    printable(&sub.user_id),
                     pushq_schemas::data::endpoint_origin(&sub.endpoint),
-                    sub.tags.join(",")
+                    printable(&sub.tags.join(","))
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -303,14 +322,27 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
     }
 }
 
-/// 2 when a dependency refused us (a setting or a permission must change,
-/// like a bad setting), 130 for an interrupted demo, 1 for any other failure.
+/// The sentence a command ends on. A log collector reading JSON lines
+/// would drop a plain one, so with JSON logs it is one more line, at ERROR;
+/// else (and when RUST_LOG filters it out) plain, as before logging starts.
+fn fatal(sentence: &str, json_logs: bool) {
+    if json_logs && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{sentence}");
+    } else {
+        eprintln!("pushq-worker: {sentence}");
+    }
+}
+
+/// 2 for a bad setting, or when a dependency refused us (a setting or a
+/// permission must change), 130 for an interrupted demo, 1 for any other
+/// failure.
 fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     let refused = err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<DependencyError>(),
-            Some(DependencyError::Refused { .. })
-        )
+        cause.is::<ConfigError>()
+            || matches!(
+                cause.downcast_ref::<DependencyError>(),
+                Some(DependencyError::Refused { .. })
+            )
     });
     if refused {
         ExitCode::from(2)
@@ -320,6 +352,12 @@ fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What was printed reached a reader that no longer wants more.
+fn reader_gone(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StdoutError>()
+        .is_some_and(StdoutError::is_broken_pipe)
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal) starts a graceful stop.

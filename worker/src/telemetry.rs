@@ -57,10 +57,81 @@ pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=off";
 /// What the logs start with: `RUST_LOG` when set, else the command's default.
 pub fn filter(rust_log: Option<&str>, default: &str) -> Result<EnvFilter, TelemetryError> {
     match rust_log.filter(|value| !value.trim().is_empty()) {
-        Some(directives) => EnvFilter::builder()
-            .parse(directives)
-            .map_err(|err| TelemetryError::Filter(err.to_string())),
+        Some(directives) => {
+            if let Some(why) = misspelt_level(directives) {
+                return Err(TelemetryError::Filter(why));
+            }
+            EnvFilter::builder()
+                .parse(directives)
+                .map_err(|err| TelemetryError::Filter(err.to_string()))
+        }
         None => Ok(EnvFilter::new(default)),
+    }
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Crates whose logs a bare name (`RUST_LOG=lapin`) plausibly asks for.
+const TARGETS: &[&str] = &[
+    "pushq_worker",
+    "pushq_schemas",
+    "pushq_producer",
+    "pushq_fake_push",
+    "lapin",
+    "amq_protocol",
+    "amq_protocol_tcp",
+    "sqlx",
+    "sqlx_core",
+    "sqlx_postgres",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "axum",
+    "tower",
+    "tower_http",
+    "tokio",
+    "tokio_util",
+    "rustls",
+    "tracing",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+];
+
+/// A directive without `=` that is one word names a target, so `infoo` or
+/// `warning` parses and silently turns every other log off. A word that is
+/// another name for a level, or two edits from one, is taken for a misspelt
+/// level; any other word stays a target (`RUST_LOG=hyper`).
+fn misspelt_level(directives: &str) -> Option<String> {
+    directives.split(',').map(str::trim).find_map(|directive| {
+        let word = !directive.is_empty()
+            && directive
+                .bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'_');
+        let lower = directive.to_ascii_lowercase();
+        let level = LEVELS.contains(&lower.as_str());
+        if !word || level || TARGETS.contains(&directive) {
+            return None;
+        }
+        let meant = level_alias(&lower).or_else(|| {
+            LEVELS
+                .into_iter()
+                .find(|level| crate::config::edit_distance(&lower, level) <= 2)
+        })?;
+        Some(format!(
+            "{directive:?} is not a level (it would name a crate and turn every other log off); did you mean {meant}?"
+        ))
+    })
+}
+
+fn level_alias(word: &str) -> Option<&'static str> {
+    match word {
+        "warning" | "warnings" => Some("warn"),
+        "err" | "errors" | "fatal" | "critical" | "crit" | "panic" => Some("error"),
+        "information" | "informational" | "notice" => Some("info"),
+        "verbose" | "all" => Some("trace"),
+        "none" | "silent" | "quiet" | "disabled" => Some("off"),
+        _ => None,
     }
 }
 
@@ -224,6 +295,45 @@ mod tests {
         assert!(!sentence.contains('\n'), "{sentence}");
         assert!(filter(Some(" "), "warn").is_ok());
         assert!(filter(Some("info,pushq_worker=debug"), "warn").is_ok());
+    }
+
+    #[test]
+    fn a_misspelt_level_is_refused_naming_the_closest_one() {
+        for (rust_log, meant) in [
+            ("infoo", "info"),
+            ("warning", "warn"),
+            ("debgu", "debug"),
+            ("info,eror", "error"),
+            ("WARNING", "warn"),
+            ("verbose", "trace"),
+        ] {
+            let err = filter(Some(rust_log), "info").expect_err(rust_log);
+            let sentence = err.to_string();
+            assert!(
+                sentence.starts_with("RUST_LOG is not a valid log filter ("),
+                "{sentence}"
+            );
+            assert!(
+                sentence.contains(&format!("did you mean {meant}?")),
+                "{rust_log}: {sentence}"
+            );
+        }
+        for valid in [
+            "info",
+            "WARN",
+            "pushq_worker",
+            "info,pushq_worker=debug",
+            "lapin=off",
+            "want=trace",
+            "hyper",
+            "my_service",
+            "pushq_worker::broker",
+            "h2",
+            "3",
+            "info, sqlx ,",
+        ] {
+            assert!(filter(Some(valid), "info").is_ok(), "{valid}");
+        }
     }
 
     #[test]

@@ -75,6 +75,16 @@ pub(super) mod num_bounds {
     }
 }
 
+/// 28 days, FCM's longest TTL: push services keep a notification at most
+/// about that long, so a retry later than that could never deliver.
+pub const MAX_RETRY_DELAY_MS: u64 = 28 * 24 * 3600 * 1000;
+
+fn too_long(entry: usize, part: &str) -> String {
+    format!(
+        "entry {entry} ({part}) is longer than 28 days ({MAX_RETRY_DELAY_MS} ms), the longest a push service keeps a notification"
+    )
+}
+
 /// `None` is the variable unset. A value that is set but empty is refused:
 /// it reads as "no retries", and silently getting eight would surprise more
 /// than a refusal. Entries may have spaces around them; a later delay may not
@@ -95,8 +105,11 @@ pub(super) fn parse_delays(value: Option<&str>) -> Result<Vec<Duration>, ConfigE
     for (index, part) in value.split(',').map(str::trim).enumerate() {
         let entry = index + 1;
         let ms = match part.parse::<u64>() {
+            Ok(ms) if ms > MAX_RETRY_DELAY_MS => return refuse(too_long(entry, part)),
             Ok(ms) if ms > 0 => ms,
             _ if part.is_empty() => return refuse(format!("has an empty entry {entry}")),
+            // Past u64 too, and just as undeliverable.
+            _ if part.bytes().all(|b| b.is_ascii_digit()) => return refuse(too_long(entry, part)),
             _ => return refuse(format!("entry {entry} ({part:?}) is not a positive number")),
         };
         if let Some(&before) = delays.last()

@@ -166,6 +166,30 @@ fn retry_delays_are_trimmed_and_never_decrease() {
 }
 
 #[test]
+fn a_retry_delay_longer_than_any_push_service_keeps_a_notification_is_refused() {
+    let longest = "1000,2419200000";
+    let s = settings(&[("PUSHQ_RETRY_DELAYS_MS", longest)]).expect("28 days");
+    assert_eq!(s.retry_delays[1], Duration::from_secs(28 * 24 * 3600));
+    for (value, entry) in [
+        ("1000,2419200001", "entry 2 (2419200001)"),
+        ("1000000000000", "entry 1 (1000000000000)"),
+        ("18446744073709551615", "entry 1 (18446744073709551615)"),
+        (
+            "5,99999999999999999999999",
+            "entry 2 (99999999999999999999999)",
+        ),
+    ] {
+        let err = settings(&[("PUSHQ_RETRY_DELAYS_MS", value)]).expect_err(value);
+        assert!(
+            err.0.starts_with(&format!(
+                "PUSHQ_RETRY_DELAYS_MS {entry} is longer than 28 days (2419200000 ms)"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn retry_delays_set_but_empty_are_refused_not_defaulted() {
     for empty in ["", "  "] {
         let err = settings(&[("PUSHQ_RETRY_DELAYS_MS", empty)]).expect_err("empty");

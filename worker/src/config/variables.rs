@@ -81,14 +81,14 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "PUSHQ_AMQP_URL",
         Some(DEFAULT_AMQP_URL),
-        "the RabbitMQ broker; waited for while unreachable, a refused login or virtual host stops `run`",
+        "the RabbitMQ broker",
         "an `amqp://` or `amqps://` URL with a host and a valid port (its password is never shown)",
         BROKER,
     ),
     var(
         "PUSHQ_DATABASE_URL",
         Some(DEFAULT_DATABASE_URL),
-        "the PostgreSQL database; waited for while unreachable; created if missing (only then through the `postgres` maintenance database)",
+        "the PostgreSQL database; `run`, `migrate` and `demo` create it if missing (only then connecting to the `postgres` maintenance database)",
         "a `postgres://` or `postgresql://` URL that parses, with a valid port (its password is never shown)",
         DATABASE,
     ),
@@ -152,7 +152,7 @@ pub const VARIABLES: &[Variable] = &[
         "PUSHQ_RETRY_DELAYS_MS",
         Some(DEFAULT_RETRY_DELAYS_MS),
         "the delay before each retry; as many retries as delays",
-        "positive milliseconds, comma-separated (spaces around them are trimmed), none smaller than the one before; set but empty is refused",
+        "positive milliseconds up to 28 days (2419200000), comma-separated (spaces around them are trimmed), none smaller than the one before; set but empty is refused",
         WORKING,
     ),
     var(
@@ -250,7 +250,7 @@ pub const VARIABLES: &[Variable] = &[
         "RUST_LOG",
         Some("info (demo: warn)"),
         "log levels, e.g. `info,pushq_worker=debug`",
-        "a valid `tracing` filter",
+        "a valid `tracing` filter, without a bare word that is a misspelt level (`warning`, `infoo`), which would name a crate and turn every other log off",
         LOGGING,
     ),
     var(

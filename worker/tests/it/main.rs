@@ -8,6 +8,7 @@ mod cdp;
 mod claims;
 mod collector;
 mod command_line;
+mod command_line_output;
 mod compose;
 mod dead_letters;
 mod delivery;
