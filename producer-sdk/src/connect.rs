@@ -58,14 +58,45 @@ pub(crate) async fn open(
 ) -> Result<(Connection, Channel), PublishError> {
     let uri = parse(amqp_url)?;
     let deadline = Instant::now() + timeout;
-    let socket = Socket::default();
+    let guard = SocketGuard::default();
     let within = Within { deadline, timeout };
-    let opened = steps(uri, topology, within, &socket).await;
-    // The connection of a failed start is dropped without a close: lapin's
-    // I/O thread would otherwise wait on a silent broker for as long as the
-    // process lives, holding the socket.
-    socket.release(opened.is_err());
+    let opened = steps(uri, topology, within, &guard.socket).await;
+    if opened.is_ok() {
+        guard.disarm();
+    }
     opened
+}
+
+/// A lapin connection opened within `timeout`, for a program that manages
+/// its own channels (the worker), with the SDK's care: its I/O thread never
+/// logs a message body, and when the broker does not complete the
+/// handshake in time, or this future is dropped first, the socket is shut
+/// down, so that lapin's I/O thread ends instead of waiting on a silent
+/// broker for as long as the process lives.
+pub async fn open_connection(
+    amqp_url: &str,
+    properties: ConnectionProperties,
+    timeout: Duration,
+) -> lapin::Result<Connection> {
+    let uri = parse(amqp_url).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a valid amqp:// or amqps:// URL",
+        )
+    })?;
+    let within = Within {
+        deadline: Instant::now() + timeout,
+        timeout,
+    };
+    let guard = SocketGuard::default();
+    let connection = tokio::time::timeout_at(
+        within.deadline,
+        connection(uri, within, guard.socket.clone(), properties),
+    )
+    .await
+    .unwrap_or_else(|_| Err(timed_out(timeout)))?;
+    guard.disarm();
+    Ok(connection)
 }
 
 async fn steps(
@@ -75,7 +106,10 @@ async fn steps(
     socket: &Socket,
 ) -> Result<(Connection, Channel), PublishError> {
     let connection = within
-        .step("connecting", connection(uri, within, socket.clone()))
+        .step(
+            "connecting",
+            connection(uri, within, socket.clone(), ConnectionProperties::default()),
+        )
         .await?;
     let channel = within
         .step("opening a channel", connection.create_channel())
@@ -137,7 +171,12 @@ fn timed_out(timeout: Duration) -> lapin::Error {
 
 /// Connects like `Connection::connect`, with the I/O thread's logs filtered
 /// and a second handle on the socket kept in `socket`.
-async fn connection(uri: AMQPUri, within: Within, socket: Socket) -> lapin::Result<Connection> {
+async fn connection(
+    uri: AMQPUri,
+    within: Within,
+    socket: Socket,
+    properties: ConnectionProperties,
+) -> lapin::Result<Connection> {
     let runtime = lapin::runtime::default_runtime()?;
     Connection::connector(
         uri,
@@ -161,7 +200,7 @@ async fn connection(uri: AMQPUri, within: Within, socket: Socket) -> lapin::Resu
             }
             Ok(stream)
         },
-        ConnectionProperties::default(),
+        properties,
     )
     .await
 }
@@ -183,15 +222,40 @@ impl Socket {
         }
     }
 
-    /// Drops the duplicate, shutting the socket down first when `shut_down`.
-    fn release(&self, shut_down: bool) {
+    /// Shuts the socket itself down, which the I/O thread reads as the end
+    /// of the connection; dropping this duplicate alone would not.
+    fn shut_down(&self) {
         let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(socket) = kept
-            && shut_down
-        {
-            // Shuts the socket itself, which the I/O thread reads as the end
-            // of the connection; dropping this duplicate alone would not.
+        if let Some(socket) = kept {
             let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Shuts the socket down when dropped armed: a start that failed, timed out
+/// or was abandoned (its future dropped) leaves no I/O thread behind.
+#[derive(Debug, Default)]
+struct SocketGuard {
+    socket: Socket,
+    disarmed: bool,
+}
+
+impl SocketGuard {
+    /// The start succeeded: the connection owns its socket from now on.
+    fn disarm(mut self) {
+        self.disarmed = true;
+        self.socket
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if !self.disarmed {
+            self.socket.shut_down();
         }
     }
 }

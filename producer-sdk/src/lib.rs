@@ -35,7 +35,7 @@ pub use pushq_schemas::{
     Urgency,
 };
 
-pub use connect::{DEFAULT_CONNECT_TIMEOUT, broker_address};
+pub use connect::{DEFAULT_CONNECT_TIMEOUT, broker_address, open_connection};
 
 mod broker_logs;
 mod connect;

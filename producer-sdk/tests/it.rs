@@ -366,3 +366,36 @@ async fn a_url_without_a_scheme_is_refused_without_quoting_it() {
         Some("rabbit.internal:5671".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_connection_attempt_given_up_early_leaves_no_socket_behind() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "amqp://guest:guest@{}/%2f",
+        listener.local_addr().expect("addr")
+    );
+    // The caller gives up (drops the future) long before the bound: the
+    // worker's own patience does that when waiting for a dependency.
+    let attempt = pushq_producer::open_connection(
+        &url,
+        lapin::ConnectionProperties::default(),
+        Duration::from_secs(60),
+    );
+    let (given_up, accepted) = tokio::join!(
+        tokio::time::timeout(Duration::from_millis(300), attempt),
+        listener.accept()
+    );
+    assert!(given_up.is_err(), "nothing answered, yet it connected");
+    let (mut stream, _) = accepted.expect("accepted");
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut received),
+    )
+    .await
+    .expect("the abandoned attempt's socket is shut down, ending lapin's I/O thread")
+    .expect("read");
+    assert!(received.starts_with(b"AMQP"), "{received:?}");
+}

@@ -19,7 +19,7 @@ use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError, consume, topology};
 use crate::config::{ConfigError, Settings};
 use crate::consumer;
-use crate::dependency::{self, Patience};
+use crate::dependency::{self, DependencyError, Patience};
 use crate::http::Observed;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -42,15 +42,16 @@ pub enum BuildError {
 }
 
 /// How `run` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     /// Every in-flight message was finished within the grace period.
     Clean,
     /// Work was still running at the deadline; it went back to the broker.
     GraceExceeded,
     /// The broker refused this replica (credentials, virtual host,
-    /// permissions): waiting cannot fix it, so it stops; the log says why.
-    Refused,
+    /// permissions): waiting cannot fix it, so it stops. The caller says
+    /// why, where a log filter cannot hide it.
+    Refused(DependencyError),
 }
 
 #[derive(Debug)]
@@ -183,10 +184,7 @@ impl App {
             let connection = tokio::select! {
                 reached = broker::reach(url, &self.consumer_tag, Patience::Forever) => match reached {
                     Ok(connection) => connection,
-                    Err(refused) => {
-                        tracing::error!("{refused}");
-                        return Exit::Refused;
-                    }
+                    Err(refused) => return Exit::Refused(refused),
                 },
                 () = shutdown.cancelled() => return Exit::Clean,
             };
@@ -204,8 +202,10 @@ impl App {
             }
             let broker = broker::dependency(url);
             if let Some(why) = broker::refused_after_connecting(&err) {
-                tracing::error!("{broker} {why}");
-                return Exit::Refused;
+                return Exit::Refused(DependencyError::Refused {
+                    dependency: broker,
+                    why,
+                });
             }
             tracing::warn!(
                 "lost {broker}: {}; reconnecting",

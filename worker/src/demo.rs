@@ -26,8 +26,9 @@ use crate::store::{self, deliveries, subscriptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// How many subscriptions to register and notifications to send.
-    #[arg(long, default_value_t = 1000)]
+    /// How many subscriptions to register and notifications to send (at
+    /// most 100000: every browser's keys are held in memory).
+    #[arg(long, default_value_t = 1000, value_parser = demo_count)]
     pub count: usize,
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 64)]
@@ -61,6 +62,15 @@ impl DemoSummary {
 }
 
 const SUBJECT: &str = "mailto:demo@pushq.example";
+
+const MAX_COUNT: usize = 100_000;
+
+fn demo_count(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(count) if count <= MAX_COUNT => Ok(count),
+        _ => Err(format!("expected a whole number from 0 to {MAX_COUNT}")),
+    }
+}
 
 /// How long the demo waits for RabbitMQ and PostgreSQL before saying how to start them.
 const DEMO_PATIENCE: Patience = Patience::Within(Duration::from_secs(3));
@@ -110,22 +120,32 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
                 .context("the worker stopped")?;
             exercise(&settings, &made, &fake, &key, &pool, args).await
         } => result,
-        () = interrupted() => Err(anyhow::Error::new(Interrupted)),
+        () = interrupted() => Err(anyhow::Error::new(Interrupted { cleaned: false })),
     };
 
     shutdown.cancel();
     let exit = worker.await.context("the worker task failed")?;
-    cleanup(&settings, &made, &pool).await;
+    let cleaned = cleanup(&settings, &made, &pool).await;
+    let result = result.map_err(|err| match err.downcast::<Interrupted>() {
+        Ok(_) => anyhow::Error::new(Interrupted { cleaned }),
+        Err(err) => err,
+    });
     if exit != Exit::Clean {
         bail!("the worker did not stop cleanly");
     }
     result
 }
 
-/// The demo was stopped by a signal before it finished; what it made is removed.
+/// The demo was stopped by a signal before it finished.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted; the demo removed the subscriptions, delivery records and queues it had made")]
-pub struct Interrupted;
+#[error("interrupted; {}", if *cleaned {
+    "the demo removed the subscriptions, delivery records and queues it had made"
+} else {
+    "the demo could not remove all it had made (see the warnings above)"
+})]
+pub struct Interrupted {
+    cleaned: bool,
+}
 
 async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -172,11 +192,15 @@ async fn exercise(
         // The fake push service is on loopback over http, as the demo's worker allows.
         .with_endpoint_policy(settings.endpoint_policy.clone()),
     );
-    let browsers: Vec<_> = (0..count)
-        .map(|_| fake.subscribe_with_key(&key.public_key_base64url()))
-        .collect();
-
     eprintln!("registering {count} subscriptions…");
+    let mut browsers = Vec::with_capacity(count);
+    for i in 0..count {
+        browsers.push(fake.subscribe_with_key(&key.public_key_base64url()));
+        // Each browser's keys cost CPU: a signal must still be heard.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
     stream::iter(browsers.iter().enumerate())
         .map(|(i, browser)| {
             let producer = producer.clone();
@@ -322,14 +346,45 @@ async fn wait_for_subscriptions(
 
 /// Removes what the demo made: its subscriptions, delivery records, queues
 /// and exchanges.
-async fn cleanup(settings: &Settings, made: &Made<'_>, pool: &sqlx::PgPool) {
-    if let Err(err) = subscriptions::delete_by_user_prefix(pool, made.user_prefix).await {
-        tracing::warn!(error = %err, "could not delete the demo's subscriptions");
+/// True when all of it is gone. Each step is bounded, so that a database or
+/// broker lost meanwhile costs seconds, not a pool's timeouts in a row.
+async fn cleanup(settings: &Settings, made: &Made<'_>, pool: &sqlx::PgPool) -> bool {
+    let bound = Duration::from_secs(5);
+    let steps = [
+        (
+            "subscriptions",
+            tokio::time::timeout(
+                bound,
+                subscriptions::delete_by_user_prefix(pool, made.user_prefix),
+            )
+            .await
+            .map(|done| done.map(drop).map_err(|err| err.to_string())),
+        ),
+        (
+            "delivery records",
+            tokio::time::timeout(
+                bound,
+                deliveries::delete_by_event_source(pool, made.event_source),
+            )
+            .await
+            .map(|done| done.map(drop).map_err(|err| err.to_string())),
+        ),
+        (
+            "queues and exchanges",
+            tokio::time::timeout(bound, topology::delete(settings.amqp_url(), made.topology))
+                .await
+                .map(|done| done.map_err(|err| err.to_string())),
+        ),
+    ];
+    let mut cleaned = true;
+    for (what, done) in steps {
+        let failed = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(why)) => why,
+            Err(_) => format!("no answer within {} s", bound.as_secs()),
+        };
+        cleaned = false;
+        tracing::warn!("could not delete the demo's {what}: {failed}");
     }
-    if let Err(err) = deliveries::delete_by_event_source(pool, made.event_source).await {
-        tracing::warn!(error = %err, "could not delete the demo's delivery records");
-    }
-    if let Err(err) = topology::delete(settings.amqp_url(), made.topology).await {
-        tracing::warn!(error = %err, "could not delete the demo's queues");
-    }
+    cleaned
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// How long `/readyz` waits for the database before calling it unreachable.
-const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// What the endpoints report on; [`crate::app::App::observed`] gives it.
 #[derive(Debug, Clone)]

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
     let settings = match Settings::for_command(command, |name| std::env::var(name).ok()) {
         Ok(settings) => settings,
         Err(err) => {
-            eprintln!("pushq-worker: {err}");
+            before_logging(&err.to_string());
             return ExitCode::from(2);
         }
     };
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         ) {
             Ok(telemetry) => Some(telemetry),
             Err(err) => {
-                eprintln!("pushq-worker: {err}");
+                before_logging(&err.to_string());
                 return ExitCode::from(2);
             }
         }
@@ -225,7 +225,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             Ok(match app.run(shutdown).await {
                 Exit::Clean => ExitCode::SUCCESS,
                 Exit::GraceExceeded => ExitCode::FAILURE,
-                Exit::Refused => ExitCode::from(2),
+                Exit::Refused(refused) => return Err(refused.into()),
             })
         }
         Command::Migrate => {
@@ -305,8 +305,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         }),
         Command::Subscriptions(SubscriptionsCommand::List { limit }) => {
             let pool = store::connect(settings.database_url(), 1, Patience::ONCE).await?;
+            let listed = subscriptions::list(&pool, None, limit).await?;
             out!("{:<36}  {:<24}  {:<40}  tags", "id", "user", "push service");
-            for sub in subscriptions::list(&pool, None, limit).await? {
+            for sub in listed {
                 // Stored as browsers' pages sent them: escaped, so that they
                 // cannot drive the terminal.
                 out!(
@@ -319,6 +320,22 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A bad setting found before logging is set up: as a JSON line when JSON
+/// logs were asked for (a log collector drops plain lines), else plain.
+fn before_logging(sentence: &str) {
+    if std::env::var("PUSHQ_LOG_FORMAT").is_ok_and(|format| format.trim() == "json") {
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "message": sentence,
+            "target": "pushq_worker",
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("pushq-worker: {sentence}");
     }
 }
 

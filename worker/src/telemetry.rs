@@ -55,18 +55,26 @@ pub enum TelemetryError {
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=off";
 
 /// What the logs start with: `RUST_LOG` when set, else the command's default.
+/// `RUST_LOG=info` keeps lapin off and sqlx at warn too: only a RUST_LOG that
+/// names them (`lapin=debug`) brings their own lines back.
 pub fn filter(rust_log: Option<&str>, default: &str) -> Result<EnvFilter, TelemetryError> {
-    match rust_log.filter(|value| !value.trim().is_empty()) {
-        Some(directives) => {
-            if let Some(why) = misspelt_level(directives) {
-                return Err(TelemetryError::Filter(why));
-            }
-            EnvFilter::builder()
-                .parse(directives)
-                .map_err(|err| TelemetryError::Filter(err.to_string()))
-        }
-        None => Ok(EnvFilter::new(default)),
+    let Some(directives) = rust_log.filter(|value| !value.trim().is_empty()) else {
+        return Ok(EnvFilter::new(default));
+    };
+    if let Some(why) = misspelt_level(directives) {
+        return Err(TelemetryError::Filter(why));
     }
+    let mut filter = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|err| TelemetryError::Filter(err.to_string()))?;
+    for (target, quiet) in [("lapin", "lapin=off"), ("sqlx", "sqlx=warn")] {
+        if !directives.contains(target)
+            && let Ok(directive) = quiet.parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
+    Ok(filter)
 }
 
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -334,6 +342,18 @@ mod tests {
         ] {
             assert!(filter(Some(valid), "info").is_ok(), "{valid}");
         }
+    }
+
+    #[test]
+    fn lapin_and_sqlx_stay_quiet_unless_rust_log_names_them() {
+        let filter = filter(Some("info,pushq_worker=debug"), "info").expect("valid");
+        let shown = filter.to_string();
+        assert!(shown.contains("lapin=off"), "{shown}");
+        assert!(shown.contains("sqlx=warn"), "{shown}");
+        let shown = super::filter(Some("info,lapin=debug"), "info")
+            .expect("valid")
+            .to_string();
+        assert!(!shown.contains("lapin=off"), "{shown}");
     }
 
     #[test]

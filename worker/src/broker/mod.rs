@@ -38,12 +38,20 @@ pub fn amqp_error(action: &'static str) -> impl FnOnce(lapin::Error) -> BrokerEr
     move |source| BrokerError::Amqp { action, source }
 }
 
+/// Through the SDK's connector: an attempt given up (the dependency
+/// policy's own bound, 10 s or a command's patience) or a handshake not
+/// complete within HANDSHAKE_MAX shuts its socket, so that no lapin I/O
+/// thread is left waiting on a silent broker, one per attempt.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
+    pushq_producer::open_connection(url, properties, HANDSHAKE_MAX)
         .await
         .map_err(amqp_error("connecting"))
 }
+
+/// Longer than the dependency policy's bound on an attempt, which is the
+/// one that speaks; this one bounds the callers outside that policy.
+const HANDSHAKE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Connects once the broker answers, following the dependency policy: a
 /// refusal (credentials, virtual host, permissions) stops at once.

@@ -196,6 +196,29 @@ async fn a_broker_refusing_the_login_the_virtual_host_or_tls_stops_run_at_once()
             "the password leaks: {lines:#?}"
         );
     }
+    // A RUST_LOG of the operator's own neither brings lapin's lines back
+    // nor hides the sentence `run` ends on.
+    for rust_log in ["info", "hyper"] {
+        let mut vars = run_vars(
+            format!("{}/{database}", postgres_base()),
+            "amqp://guest:not-the-password@127.0.0.1:5672/%2f".into(),
+        );
+        vars.insert("RUST_LOG".into(), rust_log.into());
+        let mut worker = WorkerProcess::spawn("run", &vars);
+        let status = worker.exited().await;
+        let lines = worker.log_lines();
+        assert_eq!(status.code(), Some(2), "{rust_log}: {lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.contains("refused the user and password")),
+            "{rust_log}: {lines:#?}"
+        );
+        assert!(
+            lines.iter().all(|line| !line.contains("lapin")),
+            "{rust_log}: lapin's own lines: {lines:#?}"
+        );
+    }
     drop_database(&database).await;
 }
 
@@ -418,4 +441,30 @@ async fn a_database_without_pushq_tables_or_rights_says_what_is_needed() {
         .execute(&mut admin)
         .await
         .expect("role dropped");
+}
+
+#[tokio::test]
+async fn a_demo_too_large_is_refused_and_one_interrupted_while_preparing_stops_at_once() {
+    let (output, stderr) = command(&["demo", "--count", "100001"], &[]).await;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("from 0 to 100000"), "{stderr}");
+
+    let database = unique("pushq_test_");
+    let vars = HashMap::from([(
+        "PUSHQ_DATABASE_URL".to_owned(),
+        format!("{}/{database}", postgres_base()),
+    )]);
+    let mut demo = WorkerProcess::spawn("demo --count 100000", &vars);
+    demo.wait_for_lines("registering 100000 subscriptions", 1)
+        .await;
+    let status = demo.stop_with("TERM").await;
+    assert_eq!(status.code(), Some(130), "{:#?}", demo.log_lines());
+    assert!(
+        demo.log_lines()
+            .iter()
+            .any(|line| line.contains("interrupted; the demo removed")),
+        "{:#?}",
+        demo.log_lines()
+    );
+    drop_database(&database).await;
 }
