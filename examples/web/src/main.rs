@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use pushq_example_web::startup::{self, Failure};
+use pushq_example_web::startup::{self, Failure, StopSignals};
 use pushq_example_web::{AppState, router, vapid_key};
 use pushq_schemas::error_text::sentence;
 
@@ -22,23 +22,24 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Failure> {
     startup::init_logs()?;
+    // Installed before anything that can wait (the broker, the address being
+    // announced): until then SIGTERM would find the default action and end
+    // the process 143, or find a handler nobody listens to yet and wait out
+    // the 10 s connect bound.
+    let mut stop = StopSignals::install()?;
     let vapid_public_key = std::env::var("PUSHQ_VAPID_PUBLIC_KEY").map_err(|_| {
         Failure::setting(
             "PUSHQ_VAPID_PUBLIC_KEY must hold the worker's public key: export PUSHQ_VAPID_PUBLIC_KEY=$(pushq-worker vapid public)",
         )
     })?;
     vapid_key::check_public_key(&vapid_public_key).map_err(Failure::setting)?;
-    // Installed before the address is announced: a SIGTERM sent as soon as
-    // it is would otherwise find the default action, and end the process 143.
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(
-        |err| {
-            Failure::running(format!(
-                "cannot install the SIGTERM handler: {}",
-                sentence(&err)
-            ))
-        },
-    )?;
-    let producer = startup::connect("/pushq-example-web").await?;
+    let producer = tokio::select! {
+        producer = startup::connect("/pushq-example-web") => producer?,
+        () = stop.recv() => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     let addr = std::env::var("EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -57,18 +58,9 @@ async fn run() -> Result<(), Failure> {
         vapid_public_key: vapid_public_key.trim().to_owned(),
     };
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop_signal(term))
+        .with_graceful_shutdown(async move { stop.recv().await })
         .await
         .map_err(|err| Failure::running(format!("serving failed: {}", sentence(&err))))?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGTERM (how containers and systemd stop a service) or SIGINT (Ctrl-C):
-/// in-flight requests finish and the process exits 0.
-async fn stop_signal(mut term: tokio::signal::unix::Signal) {
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

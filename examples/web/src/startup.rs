@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 
 use pushq_producer::{EndpointPolicy, Producer, PublishError, Topology};
 use pushq_schemas::error_text::sentence;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 /// lapin logs every connection error at ERROR itself, several lines per
@@ -91,4 +92,41 @@ pub async fn connect(source: &str) -> Result<Producer, Failure> {
             }
         })?;
     Ok(producer.with_endpoint_policy(endpoint_policy))
+}
+
+/// SIGTERM (how containers and systemd stop a service) or SIGINT (Ctrl-C):
+/// either one stops the example with exit 0, whether it is still connecting
+/// or already serving (then in-flight requests finish first).
+#[derive(Debug)]
+pub struct StopSignals {
+    term: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    /// Both handlers, installed now: `tokio::signal::ctrl_c` would install
+    /// SIGINT's only when first polled, leaving the default action (killed,
+    /// 130 in a shell) while the example connects.
+    pub fn install() -> Result<Self, Failure> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|err| {
+                Failure::running(format!(
+                    "cannot install the {name} handler: {}",
+                    sentence(&err)
+                ))
+            })
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    /// Resolves at the first SIGTERM or SIGINT received since [`Self::install`].
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The built binary: a private key given as the public one stops it with the
 //! sentence that says so; a broker it cannot reach or a bad URL, with one
-//! line; SIGTERM stops it cleanly, exit 0.
+//! line; SIGTERM or SIGINT stops it cleanly, exit 0, serving or still
+//! connecting.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -37,14 +38,18 @@ fn start(public_key: &str) -> (Child, mpsc::Receiver<String>) {
 }
 
 fn wait_for_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + WAIT;
+    wait_for_exit_within(child, WAIT)
+}
+
+fn wait_for_exit_within(child: &mut Child, bound: Duration) -> ExitStatus {
+    let deadline = Instant::now() + bound;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the example did not exit within {WAIT:?}");
+            panic!("the example did not exit within {bound:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -81,17 +86,83 @@ fn a_private_key_as_the_public_one_stops_it_with_a_sentence() {
     );
 }
 
-#[test]
-fn sigterm_stops_it_cleanly() {
-    let (mut child, lines) = start(P256DH);
-    wait_for_line(&lines, "the example is on");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+fn send_signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
         .status()
         .expect("kill runs");
-    assert!(killed.success());
+    assert!(sent.success());
+}
+
+fn a_signal_while_serving_stops_it_cleanly(signal: &str) {
+    let (mut child, lines) = start(P256DH);
+    wait_for_line(&lines, "the example is on");
+    send_signal(&child, signal);
     let status = wait_for_exit(&mut child);
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn sigterm_stops_it_cleanly() {
+    a_signal_while_serving_stops_it_cleanly("-TERM");
+}
+
+#[test]
+fn sigint_stops_it_cleanly() {
+    a_signal_while_serving_stops_it_cleanly("-INT");
+}
+
+/// A broker that never answers holds the example in its 10 s connect bound:
+/// a stop signal then must not wait for it.
+fn a_signal_while_connecting_stops_it_at_once(signal: &str) {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = silent.local_addr().expect("addr");
+    let (accepted, connection) = mpsc::channel();
+    // std's accept has no timeout: the thread hands the connection over and
+    // the wait for it is bounded below. The connection is kept open, so the
+    // example sees a broker that is there and silent.
+    std::thread::spawn(move || {
+        let _ = accepted.send(silent.accept().map(|(stream, _)| stream));
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushq-example-web"))
+        .env("PUSHQ_VAPID_PUBLIC_KEY", P256DH)
+        .env(
+            "PUSHQ_AMQP_URL",
+            format!("amqp://guest:guest@{address}/%2f"),
+        )
+        .env("EXAMPLE_ADDR", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let _connection = match connection.recv_timeout(WAIT) {
+        Ok(accepted) => accepted.expect("accept"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the example did not connect to {address} within {WAIT:?}");
+        }
+    };
+    send_signal(&child, signal);
+    let sent = Instant::now();
+    let status = wait_for_exit_within(&mut child, Duration::from_secs(5));
+    let stderr = std::io::read_to_string(child.stderr.take().expect("stderr")).expect("stderr");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status} after {:?}: {stderr}",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn sigterm_while_connecting_to_a_silent_broker_stops_it_at_once() {
+    a_signal_while_connecting_stops_it_at_once("-TERM");
+}
+
+#[test]
+fn sigint_while_connecting_to_a_silent_broker_stops_it_at_once() {
+    a_signal_while_connecting_stops_it_at_once("-INT");
 }
 
 /// Runs the binary with the broker at `amqp_url` and lapin's default filter
