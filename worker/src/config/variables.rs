@@ -38,7 +38,13 @@ pub const COMMANDS: [&str; 9] = [
 
 /// Programs other than the worker that read `PUSHQ_*` variables, so that
 /// setting one of theirs draws no warning.
-pub const OTHER_READERS: [&str; 4] = ["examples/web", "bench", "compose.yaml", "tests"];
+pub const OTHER_READERS: [&str; 5] = [
+    "examples/web",
+    "send_notification",
+    "bench",
+    "compose.yaml",
+    "tests",
+];
 
 const LOGGING: &[&str] = &[
     "run",
@@ -49,14 +55,21 @@ const LOGGING: &[&str] = &[
     "dead list",
     "dead replay",
 ];
-const BROKER: &[&str] = &["run", "demo", "dead list", "dead replay", "examples/web"];
+const BROKER: &[&str] = &[
+    "run",
+    "demo",
+    "dead list",
+    "dead replay",
+    "examples/web",
+    "send_notification",
+];
 const DATABASE: &[&str] = &["run", "migrate", "demo", "subscriptions list"];
 /// `demo` runs the worker in-process, with its own key, subject and push service.
 const WORKING: &[&str] = &["run", "demo"];
 const SIGNING: &[&str] = &["run", "vapid public"];
 const SENDING: &[&str] = &["run"];
 /// The example web app (through the SDK) refuses what the worker would.
-const ENDPOINTS: &[&str] = &["run", "examples/web"];
+const ENDPOINTS: &[&str] = &["run", "examples/web", "send_notification"];
 
 const fn var(
     name: &'static str,
