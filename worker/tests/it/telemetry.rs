@@ -263,15 +263,23 @@ async fn metrics_count_the_deliveries_that_happened() {
         .await
         .expect("both delivered");
     let origin = app.fake.host_entry();
-    let mut metrics = String::new();
-    // A result is counted just before it is published: wait for the scrape to show the last one.
-    for _ in 0..100 {
-        metrics = app.get("/metrics").await.1;
-        if sample(&metrics, "pushq_push_duration_seconds_count") == Some(3.0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let delivered =
+        format!(r#"pushq_deliveries_total{{outcome="succeeded",push_service="{origin}"}}"#);
+    // Each count is taken as its delivery ends, after the push service has
+    // answered (and after the fake push service has counted it): wait until
+    // the scrape shows the last of them, not only the requests.
+    let metrics = std::sync::Mutex::new(String::new());
+    app.wait_until("the metrics show every delivery", || async {
+        let scraped = app.get("/metrics").await.1;
+        let done = sample(&scraped, &delivered) == Some(2.0)
+            && sample(&scraped, "pushq_push_duration_seconds_count") == Some(3.0)
+            && sample(&scraped, "pushq_delivery_latency_seconds_count") == Some(3.0)
+            && sample(&scraped, "pushq_in_flight") == Some(0.0);
+        *metrics.lock().expect("metrics") = scraped;
+        done
+    })
+    .await;
+    let metrics = metrics.into_inner().expect("metrics");
     let deliveries = |outcome: &str| {
         sample(
             &metrics,
