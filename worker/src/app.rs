@@ -61,6 +61,8 @@ pub struct App {
     ready: watch::Sender<bool>,
     consumer_tag: String,
     replica: uuid::Uuid,
+    /// The live replicas, as the heartbeat counts them: the rates' divisor.
+    replicas: watch::Sender<u32>,
     /// Whether the current connection got as far as consuming, so that a
     /// loss resets the reconnect backoff.
     consumed_since_connecting: AtomicBool,
@@ -86,21 +88,24 @@ impl App {
         )
         .await?;
         let signer = VapidSigner::new(key, subject).map_err(|_| BuildError::Vapid)?;
-        let limits = Limits::new(settings.limits.clone());
-        let push = PushClient::new(
-            signer,
-            settings.endpoint_policy.clone(),
-            limits,
-            &settings.http_settings(),
-            Metrics::new().labelling_push_services_by(settings.endpoint_policy.clone()),
-        )
-        .map_err(BuildError::Http)?;
         // Named after the topology, so that an operator (or a test) listing the
         // broker's connections sees which environment each replica serves.
         let replica = uuid::Uuid::new_v4();
         let consumer_tag = format!("{}-worker-{}", settings.topology.prefix(), replica.simple());
-        // Alive from the start: its first claims must not look orphaned.
-        store::workers::beat(&pool, replica, &consumer_tag).await?;
+        // Alive from the start: its first claims must not look orphaned, and
+        // its first messages are sent at its share of the rates.
+        let live = store::workers::beat(&pool, replica, &consumer_tag).await?;
+        let (replicas, sharing) = watch::channel(live);
+        let metrics = Metrics::new().labelling_push_services_by(settings.endpoint_policy.clone());
+        metrics.live_replicas(live);
+        let push = PushClient::new(
+            signer,
+            settings.endpoint_policy.clone(),
+            Limits::shared(settings.limits.clone(), sharing),
+            &settings.http_settings(),
+            metrics,
+        )
+        .map_err(BuildError::Http)?;
         let pipeline = Pipeline::new(
             pool,
             push,
@@ -119,6 +124,7 @@ impl App {
             ready: watch::channel(false).0,
             consumer_tag,
             replica,
+            replicas,
             consumed_since_connecting: AtomicBool::new(false),
         })
     }
@@ -163,6 +169,8 @@ impl App {
             self.pool().clone(),
             self.replica,
             self.consumer_tag.clone(),
+            self.replicas.clone(),
+            self.pipeline.metrics().clone(),
             beating.clone(),
         ));
         let exit = self.consume_until(&shutdown).await;
@@ -308,8 +316,18 @@ impl App {
 
 /// Tells the other replicas this one is alive (store::workers), on a
 /// connection of its own so that a pool busy with deliveries never delays it
-/// past the point where the others take this replica for dead.
-async fn heartbeat(pool: PgPool, replica: uuid::Uuid, name: String, stop: CancellationToken) {
+/// past the point where the others take this replica for dead; and counts the
+/// live replicas, whose number divides the rates (push::limits). Without its
+/// database the replica keeps the last count: the others take it for dead
+/// and raise their shares, but without its database it claims nothing to send.
+async fn heartbeat(
+    pool: PgPool,
+    replica: uuid::Uuid,
+    name: String,
+    replicas: watch::Sender<u32>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let own = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(store::workers::HEARTBEAT)
@@ -325,12 +343,24 @@ async fn heartbeat(pool: PgPool, replica: uuid::Uuid, name: String, stop: Cancel
         }
         // One line when the database goes and one when it is back, not one
         // a second while it is gone.
-        match store::workers::beat(&own, replica, &name).await {
-            Ok(()) if lost => {
+        let beat = store::workers::beat(&own, replica, &name).await;
+        if let Ok(live) = beat {
+            let before = replicas.send_replace(live);
+            if before != live {
+                metrics.live_replicas(live);
+                tracing::info!(
+                    live,
+                    before,
+                    "the live replicas changed; each takes its share of the rate limits"
+                );
+            }
+        }
+        match beat {
+            Ok(_) if lost => {
                 lost = false;
                 tracing::info!("{database} answers again; this replica's liveness is refreshed");
             }
-            Ok(()) => {}
+            Ok(_) => {}
             Err(err) if !lost => {
                 lost = true;
                 tracing::warn!(

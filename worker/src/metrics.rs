@@ -21,6 +21,7 @@ const RATE_LIMIT_WAIT: &str = "pushq_rate_limit_wait_seconds";
 const SUBSCRIPTIONS_DELETED: &str = "pushq_subscriptions_deleted_total";
 const SENDER_FAULTS: &str = "pushq_sender_faults_total";
 const RESULTS_REFUSED: &str = "pushq_results_refused_total";
+const LIVE_REPLICAS: &str = "pushq_live_replicas";
 
 /// A push service answers in tens of milliseconds when healthy and is cut off
 /// by the request timeout (20 s) when not.
@@ -119,6 +120,13 @@ impl Metrics {
             IN_FLIGHT.into(),
             None,
             SharedString::const_str("Requests to push services in flight."),
+        );
+        recorder.describe_gauge(
+            LIVE_REPLICAS.into(),
+            None,
+            SharedString::const_str(
+                "Live replicas as this one last saw them: each takes this fraction of every configured rate.",
+            ),
         );
         let in_flight = recorder.register_gauge(&Key::from_static_name(IN_FLIGHT), &METADATA);
         in_flight.set(0.0);
@@ -223,6 +231,13 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.increment(1.0);
         InFlight(self.in_flight.clone())
+    }
+
+    /// The replicas sharing the configured rates, this one included.
+    pub fn live_replicas(&self, live: u32) {
+        self.recorder
+            .register_gauge(&Key::from_static_name(LIVE_REPLICAS), &METADATA)
+            .set(f64::from(live));
     }
 
     /// The Prometheus text exposition format (version 0.0.4).

@@ -185,7 +185,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "PUSHQ_RATE_LIMITS",
         Some(DEFAULT_RATE_LIMITS),
-        "messages per second per replica to a push service (host and subdomains); 0 unlimited",
+        "messages per second to a push service (host and subdomains) for all replicas together: each live replica sends its share; 0 unlimited",
         "`host=per_second` entries, comma-separated",
         WORKING,
     ),
@@ -199,7 +199,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "PUSHQ_RATE_LIMIT_GLOBAL",
         Some("0"),
-        "messages per second per replica in all; 0 unlimited",
+        "messages per second in all, for all replicas together (each its share); 0 unlimited",
         WHOLE_NUMBER,
         WORKING,
     ),

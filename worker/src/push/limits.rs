@@ -1,9 +1,10 @@
-//! How hard this replica may push: a rate per push-service origin (governor,
-//! per host, a default for the rest), an optional global rate, and caps on
-//! requests in flight, globally and per origin, so one slow push service
-//! cannot take every slot. A wait longer than [`MAX_LIMITER_WAIT`] is not
-//! waited out in-process: the delivery is deferred to a delay queue, so a
-//! throttled origin never holds the prefetch the others need.
+//! How hard this replica may push: its share of the fleet's rate per
+//! push-service origin (governor, per host, a default for the rest) and of an
+//! optional global rate, and caps on requests in flight, globally and per
+//! origin, so one slow push service cannot take every slot. A wait longer
+//! than [`MAX_LIMITER_WAIT`] is not waited out in-process: the delivery is
+//! deferred to a delay queue, so a throttled origin never holds the prefetch
+//! the others need.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -12,17 +13,19 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hashlink::LruCache;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Longest a delivery waits in-process for its origin's rate limit.
 pub const MAX_LIMITER_WAIT: Duration = Duration::from_millis(250);
 
-/// Per-replica rates (messages per second) for the public push services;
-/// `PUSHQ_RATE_LIMITS` overrides them, `PUSHQ_RATE_LIMIT_DEFAULT` covers the rest.
+/// Rates (messages per second, for all replicas together) for the public push
+/// services; `PUSHQ_RATE_LIMITS` overrides them, `PUSHQ_RATE_LIMIT_DEFAULT`
+/// covers the rest.
 pub const DEFAULT_RATE_LIMITS: &str = "fcm.googleapis.com=5000,android.googleapis.com=5000,\
 push.services.mozilla.com=2000,web.push.apple.com=2000,notify.windows.com=2000";
 pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 
+/// The rates are the fleet's: each replica takes [`quota_share`] of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitSettings {
     /// (host, per second): the host and its subdomains; 0 is unlimited.
@@ -63,8 +66,39 @@ pub fn parse_rate_limits(text: &str) -> Result<Vec<(String, u32)>, String> {
         .collect()
 }
 
-struct OriginLimit {
+/// This replica's part of a fleet-wide rate of `per_second` (0: unlimited)
+/// when `replicas` share it: one message every `replicas / per_second`
+/// seconds, rounded up to the nanosecond so that the fleet together never
+/// goes past the rate, whatever the count (3 replicas sharing 1 per second
+/// send one each every 3 s), and bursts of its share of one second's worth,
+/// at least one message. The fleet's bursts add up to the rate's one second's
+/// worth, or one message per replica when there are more replicas than that.
+pub fn quota_share(per_second: u32, replicas: u32) -> Option<Quota> {
+    let per_second = NonZeroU32::new(per_second)?;
+    let replicas = replicas.max(1);
+    let period_ns = (1_000_000_000 * u64::from(replicas)).div_ceil(u64::from(per_second.get()));
+    let burst = NonZeroU32::new(per_second.get() / replicas).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(Duration::from_nanos(period_ns)).map(|quota| quota.allow_burst(burst))
+}
+
+/// A limiter for one share; rebuilt (governor quotas are fixed) when the
+/// number of replicas sharing the rate changes, starting with a full burst.
+struct Share {
+    replicas: u32,
     rate: Option<DefaultDirectRateLimiter>,
+}
+
+impl Share {
+    fn new(per_second: u32, replicas: u32) -> Self {
+        Self {
+            replicas,
+            rate: quota_share(per_second, replicas).map(RateLimiter::direct),
+        }
+    }
+}
+
+struct OriginLimit {
+    share: Share,
     in_flight: Arc<Semaphore>,
 }
 
@@ -85,7 +119,9 @@ pub struct Permits {
 
 pub struct Limits {
     settings: LimitSettings,
-    global_rate: Option<DefaultDirectRateLimiter>,
+    /// How many live replicas share the rates (store::workers), at least 1.
+    replicas: watch::Receiver<u32>,
+    global_rate: Mutex<Arc<Share>>,
     global_in_flight: Arc<Semaphore>,
     /// The least recently used beyond [`super::MAX_ORIGINS`] are dropped.
     origins: Mutex<LruCache<String, Arc<OriginLimit>>>,
@@ -100,14 +136,25 @@ impl std::fmt::Debug for Limits {
     }
 }
 
-fn limiter(per_second: u32) -> Option<DefaultDirectRateLimiter> {
-    NonZeroU32::new(per_second).map(|rate| RateLimiter::direct(Quota::per_second(rate)))
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Limits {
+    /// Limits of a replica alone: it takes the whole of every rate.
     pub fn new(settings: LimitSettings) -> Self {
+        Self::shared(settings, watch::channel(1).1)
+    }
+
+    /// Limits of one replica among `replicas` (kept current by the
+    /// heartbeat): each rate is divided among them by [`quota_share`].
+    pub fn shared(settings: LimitSettings, replicas: watch::Receiver<u32>) -> Self {
+        let sharing = (*replicas.borrow()).max(1);
         Self {
-            global_rate: limiter(settings.global_per_second),
+            global_rate: Mutex::new(Arc::new(Share::new(settings.global_per_second, sharing))),
+            replicas,
             global_in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             origins: Mutex::new(LruCache::new(super::MAX_ORIGINS)),
             clock: DefaultClock::default(),
@@ -132,37 +179,49 @@ impl Limits {
             .map_or(self.settings.default_per_second, |(_, rate)| *rate)
     }
 
-    fn origin(&self, origin: &str, host: &str) -> Arc<OriginLimit> {
-        let mut origins = self
-            .origins
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(limit) = origins.get(origin) {
-            return limit.clone();
-        }
-        let limit = Arc::new(OriginLimit {
-            rate: limiter(self.rate_for(host)),
-            in_flight: Arc::new(Semaphore::new(
+    fn sharing(&self) -> u32 {
+        (*self.replicas.borrow()).max(1)
+    }
+
+    /// The origin's limits, its rate limiter rebuilt if the number of
+    /// replicas changed since it was built; its slots in flight are kept.
+    fn origin(&self, origin: &str, host: &str, sharing: u32) -> Arc<OriginLimit> {
+        let mut origins = locked(&self.origins);
+        let in_flight = match origins.get(origin) {
+            Some(limit) if limit.share.replicas == sharing => return limit.clone(),
+            Some(limit) => limit.in_flight.clone(),
+            None => Arc::new(Semaphore::new(
                 self.settings.max_in_flight_per_origin.max(1),
             )),
+        };
+        let limit = Arc::new(OriginLimit {
+            share: Share::new(self.rate_for(host), sharing),
+            in_flight,
         });
         origins.insert(origin.to_owned(), limit.clone());
         limit
     }
 
+    fn global(&self, sharing: u32) -> Arc<Share> {
+        let mut global = locked(&self.global_rate);
+        if global.replicas != sharing {
+            *global = Arc::new(Share::new(self.settings.global_per_second, sharing));
+        }
+        global.clone()
+    }
+
     /// Origins with a limiter now.
     pub fn origins_tracked(&self) -> usize {
-        self.origins
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        locked(&self.origins).len()
     }
 
     /// Waits for the origin's and the global rate (up to [`MAX_LIMITER_WAIT`]
     /// each), then for a slot in flight.
     pub async fn admit(&self, origin: &str, host: &str) -> Admission {
-        let limit = self.origin(origin, host);
-        for rate in [limit.rate.as_ref(), self.global_rate.as_ref()]
+        let sharing = self.sharing();
+        let limit = self.origin(origin, host, sharing);
+        let global = self.global(sharing);
+        for rate in [limit.share.rate.as_ref(), global.rate.as_ref()]
             .into_iter()
             .flatten()
         {
@@ -193,86 +252,4 @@ impl Limits {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_most_specific_host_rule_wins() {
-        let limits = Limits::new(LimitSettings {
-            per_host: parse_rate_limits("example.com=10, push.example.com=20, other.net=0")
-                .expect("parses"),
-            ..LimitSettings::default()
-        });
-        assert_eq!(limits.rate_for("example.com"), 10);
-        assert_eq!(limits.rate_for("a.example.com"), 10);
-        assert_eq!(limits.rate_for("eu.push.example.com"), 20);
-        assert_eq!(limits.rate_for("notexample.com"), DEFAULT_RATE_LIMIT);
-        assert_eq!(limits.rate_for("other.net"), 0);
-        assert!(parse_rate_limits("example.com").is_err());
-        assert!(parse_rate_limits("example.com=fast").is_err());
-    }
-
-    #[tokio::test]
-    async fn limiters_are_kept_for_at_most_max_origins() {
-        let limits = Limits::new(LimitSettings::default());
-        for n in 0..super::super::MAX_ORIGINS + 100 {
-            let host = format!("n{n}.notify.windows.com");
-            let admitted = limits.admit(&format!("https://{host}"), &host).await;
-            assert!(matches!(admitted, Admission::Go(_)));
-        }
-        assert_eq!(limits.origins_tracked(), super::super::MAX_ORIGINS);
-    }
-
-    #[tokio::test]
-    async fn a_rate_beyond_the_wait_defers_instead_of_waiting() {
-        let limits = Limits::new(LimitSettings {
-            per_host: vec![],
-            default_per_second: 1,
-            ..LimitSettings::default()
-        });
-        assert!(matches!(
-            limits.admit("https://slow.example", "slow.example").await,
-            Admission::Go(_)
-        ));
-        match limits.admit("https://slow.example", "slow.example").await {
-            Admission::Defer(wait) => {
-                assert!(wait > MAX_LIMITER_WAIT && wait <= Duration::from_secs(1))
-            }
-            Admission::Go(_) => panic!("a second message within the second was let through"),
-        }
-        // Another origin has its own budget.
-        assert!(matches!(
-            limits.admit("https://fast.example", "fast.example").await,
-            Admission::Go(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn in_flight_slots_per_origin_leave_room_for_others() {
-        let limits = Limits::new(LimitSettings {
-            per_host: vec![],
-            default_per_second: 0,
-            global_per_second: 0,
-            max_in_flight: 3,
-            max_in_flight_per_origin: 2,
-        });
-        let Admission::Go(_a) = limits.admit("https://slow", "slow").await else {
-            panic!()
-        };
-        let Admission::Go(_b) = limits.admit("https://slow", "slow").await else {
-            panic!()
-        };
-        let third_slow = tokio::time::timeout(
-            Duration::from_millis(50),
-            limits.admit("https://slow", "slow"),
-        )
-        .await;
-        assert!(third_slow.is_err(), "the slow origin took a third slot");
-        let other = tokio::time::timeout(
-            Duration::from_millis(50),
-            limits.admit("https://fast", "fast"),
-        )
-        .await;
-        assert!(matches!(other, Ok(Admission::Go(_))));
-    }
-}
+mod tests;

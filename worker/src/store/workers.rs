@@ -1,5 +1,6 @@
 //! The replicas' liveness: each refreshes its row every [`HEARTBEAT`], and
 //! one not seen for [`DEAD_AFTER`] is dead, its claims free for the others.
+//! The live ones share the configured rates (push::limits).
 
 use std::time::Duration;
 
@@ -14,17 +15,27 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// under load is not death, a `kill -9` is known within seconds.
 pub const DEAD_AFTER: Duration = Duration::from_secs(4);
 
-/// Says that replica `id` is alive (and registers it the first time).
-pub async fn beat(pool: &PgPool, id: Uuid, name: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO workers (id, name) VALUES ($1, $2)
-         ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+/// Says that replica `id` is alive (and registers it the first time), and
+/// returns how many replicas are alive, this one included: those seen within
+/// [`DEAD_AFTER`], the rule claims follow.
+pub async fn beat(pool: &PgPool, id: Uuid, name: &str) -> Result<u32, StoreError> {
+    // One round trip: a data-modifying WITH runs whether or not it is read,
+    // and the count sees the rows as they were before it, hence the others
+    // plus this one.
+    sqlx::query_scalar::<_, i64>(
+        "WITH beat AS (
+             INSERT INTO workers (id, name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET seen_at = now()
+         )
+         SELECT count(*) + 1 FROM workers
+         WHERE id <> $1 AND seen_at > now() - make_interval(secs => $3::float8)",
     )
     .bind(id)
     .bind(name)
-    .execute(pool)
+    .bind(DEAD_AFTER.as_secs_f64())
+    .fetch_one(pool)
     .await
-    .map(drop)
+    .map(|live| u32::try_from(live).unwrap_or(u32::MAX))
     .map_err(db_error("refreshing this replica's liveness"))
 }
 

@@ -15,6 +15,7 @@ mod delivery;
 mod demo;
 mod dependencies;
 mod faults;
+mod fleet_rate;
 mod health;
 mod helpers;
 mod hostile_endpoints;

@@ -345,7 +345,12 @@ impl TestApp {
     /// Another `pushq-worker run` process on the same database, topology,
     /// VAPID key and push service, once it is ready.
     pub async fn spawn_replica(&self) -> WorkerProcess {
-        WorkerProcess::start(&self.vars).await.0
+        self.spawn_replica_serving().await.0
+    }
+
+    /// The same, with the address of its `/metrics`.
+    pub async fn spawn_replica_serving(&self) -> (WorkerProcess, SocketAddr) {
+        WorkerProcess::start(&self.vars).await
     }
 
     /// The worker process, when the test started one.
