@@ -19,3 +19,4 @@ pub mod step;
 pub mod store;
 pub mod telemetry;
 pub mod terminal;
+mod upkeep;
