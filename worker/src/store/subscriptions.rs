@@ -103,10 +103,36 @@ pub enum Audience<'a> {
 }
 
 impl Audience<'_> {
-    fn condition(self) -> &'static str {
+    /// A page of the audience's live rows with `$2 < id <= $3`, `$1` its key,
+    /// at most `$4`, by id, read from a B-tree in id order
+    /// (`subscriptions (user_id, id)`, `subscription_tags` primary key), so a
+    /// page reads its own rows only, wherever it starts (docs/tag-paging.md).
+    ///
+    /// The bounds are always bound (the nil and max UUIDs for an open end)
+    /// rather than `$2 IS NULL OR id > $2`, which a generic prepared plan
+    /// cannot use as an index bound: every page would walk from the first id.
+    /// A tag's members are looked up one by one in `subscriptions` (the
+    /// `OFFSET 0` keeps the lateral subquery from being merged into a join):
+    /// a merge join would walk `subscriptions` by id from the page's start,
+    /// through every subscription the tag does not have.
+    fn page(self, columns: &str) -> String {
         match self {
-            Self::User(_) => "user_id = $1",
-            Self::Tag(_) => "tags @> ARRAY[$1]",
+            Self::User(_) => format!(
+                "SELECT {columns} FROM subscriptions
+                 WHERE user_id = $1 AND id > $2 AND id <= $3
+                   AND (expires_at IS NULL OR expires_at > now())
+                 ORDER BY id LIMIT $4"
+            ),
+            Self::Tag(_) => format!(
+                "SELECT {columns} FROM subscription_tags
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM subscriptions
+                     WHERE id = subscription_id AND (expires_at IS NULL OR expires_at > now())
+                     OFFSET 0
+                 ) AS member
+                 WHERE tag = $1 AND subscription_id > $2 AND subscription_id <= $3
+                 ORDER BY subscription_id LIMIT $4"
+            ),
         }
     }
 
@@ -119,7 +145,8 @@ impl Audience<'_> {
 
 /// Live subscriptions of an audience with `after < id <= until` (either end
 /// open), by id, at most `limit`: keyset pagination, so a page costs the same
-/// wherever it starts.
+/// wherever it starts. Subscription ids are UUIDv7, never the nil UUID an open
+/// start stands for.
 pub async fn audience_page(
     pool: &PgPool,
     audience: Audience<'_>,
@@ -127,41 +154,41 @@ pub async fn audience_page(
     until: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<StoredSubscription>, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM subscriptions
-         WHERE {} AND ($2::uuid IS NULL OR id > $2) AND ($3::uuid IS NULL OR id <= $3)
-           AND (expires_at IS NULL OR expires_at > now())
-         ORDER BY id LIMIT $4",
-        audience.condition()
-    )))
-    .bind(audience.key())
-    .bind(after)
-    .bind(until)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(db_error("looking up an audience"))
+    sqlx::query_as(sqlx::AssertSqlSafe(audience.page(COLUMNS)))
+        .bind(audience.key())
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(until.unwrap_or(Uuid::max()))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error("looking up an audience"))
 }
 
-/// The ids only of the next page of an audience after `after`.
+/// The ids only of the next page of an audience after `after`, to cut it into
+/// chunks. A tag's are read from `subscription_tags` alone (an index-only
+/// scan), so they may include an expired subscription not swept yet: its
+/// chunk's page leaves it out.
 pub async fn audience_ids(
     pool: &PgPool,
     audience: Audience<'_>,
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Uuid>, StoreError> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM subscriptions
-         WHERE {} AND ($2::uuid IS NULL OR id > $2) AND (expires_at IS NULL OR expires_at > now())
-         ORDER BY id LIMIT $3",
-        audience.condition()
-    )))
-    .bind(audience.key())
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(db_error("paging through an audience"))
+    let sql = match audience {
+        Audience::User(_) => audience.page("id"),
+        Audience::Tag(_) => "SELECT subscription_id FROM subscription_tags
+             WHERE tag = $1 AND subscription_id > $2 AND subscription_id <= $3
+             ORDER BY subscription_id LIMIT $4"
+            .to_owned(),
+    };
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(audience.key())
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(Uuid::max())
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error("paging through an audience"))
 }
 
 pub async fn find_by_endpoint(
