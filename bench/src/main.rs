@@ -5,6 +5,7 @@
 //! run, the crypto floor and the `web-push` crate's encryption.
 
 mod measure;
+mod peer;
 mod repeats;
 mod scenarios;
 mod sink;
@@ -34,6 +35,10 @@ struct Cli {
     /// Also write one JSON object per scenario to this file (an array).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// After pushq's scenarios, run the Node `web-push` peer (bench/peers/) on
+    /// unicast-inline with the same queue shape, payloads and sink.
+    #[arg(long)]
+    peer: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +70,24 @@ fn main() -> anyhow::Result<()> {
             scenarios: cli.scenarios,
             payload_bytes: cli.payload_bytes,
             json: cli.json,
+            peer: cli.peer,
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn the_peer_is_opt_in() {
+        let default = Cli::try_parse_from(["pushq-bench"]).expect("no arguments");
+        assert!(!default.peer);
+        let asked = Cli::try_parse_from(["pushq-bench", "--scenarios", "unicast-inline", "--peer"])
+            .expect("--peer");
+        assert!(asked.peer);
+        assert_eq!(asked.scenarios, ["unicast-inline"]);
     }
 }

@@ -29,6 +29,7 @@ pub struct Options {
     pub scenarios: Vec<String>,
     pub payload_bytes: usize,
     pub json: Option<PathBuf>,
+    pub peer: bool,
 }
 
 /// One scenario's figures (DESIGN §2.5).
@@ -149,8 +150,13 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
         let report = bench.scenario(&scenario, paced_rate).await?;
         reports.push(report);
     }
+    if bench.options.peer {
+        eprintln!("scenario {}…", crate::peer::SCENARIO);
+        reports.push(crate::peer::run(&bench.peer_inputs()).await?);
+    }
     let _ = pushq_worker::broker::topology::delete(AMQP_URL, &bench.topology).await;
     print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
+    crate::peer::print_ratios(&reports);
     if let Some(path) = &bench.options.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
             .with_context(|| format!("while writing {}", path.display()))?;
@@ -163,6 +169,19 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
 }
 
 impl Bench {
+    fn peer_inputs(&self) -> crate::peer::Inputs<'_> {
+        crate::peer::Inputs {
+            sink: &self.sink,
+            keys: &self.keys,
+            vapid: &self.vapid,
+            prefix: self.topology.prefix(),
+            count: self.options.count,
+            payload_bytes: self.options.payload_bytes,
+            crypto_floor_us: self.crypto_floor_us,
+            machine: &self.machine,
+        }
+    }
+
     fn worker_env(&self, http_port: u16) -> Vec<(String, String)> {
         [
             ("PUSHQ_AMQP_URL", AMQP_URL.to_owned()),
@@ -413,7 +432,7 @@ async fn stop(worker: &mut tokio::process::Child) {
 fn print_table(reports: &[Report], crypto_floor_us: f64, vapid_us: f64, web_push_us: f64) {
     println!();
     println!(
-        "{:<16} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>12} {:>9}",
+        "{:<26} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>12} {:>9}",
         "scenario",
         "count",
         "delivered",
@@ -427,7 +446,7 @@ fn print_table(reports: &[Report], crypto_floor_us: f64, vapid_us: f64, web_push
     );
     for r in reports {
         println!(
-            "{:<16} {:>8} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>9.1}",
+            "{:<26} {:>8} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>9.1}",
             r.scenario,
             r.count,
             r.delivered,
