@@ -4,6 +4,7 @@
 //! RabbitMQ and PostgreSQL and a fast local sink. Also measures, in the same
 //! run, the crypto floor and the `web-push` crate's encryption.
 
+mod machine;
 mod measure;
 mod repeats;
 mod scenarios;

@@ -158,6 +158,7 @@ mod tests {
             peak_rss_mb: 0.0,
             crypto_floor_us: 0.0,
             machine: String::new(),
+            machine_per_msg: Default::default(),
             date: String::new(),
             repeated,
             left_in_queues: 0,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::machine;
 use crate::measure;
 use crate::repeats;
 use crate::sink::Sink;
@@ -46,6 +47,9 @@ pub struct Report {
     pub peak_rss_mb: f64,
     pub crypto_floor_us: f64,
     pub machine: String,
+    /// Where the machine went, per delivered notification.
+    #[serde(flatten)]
+    pub machine_per_msg: machine::PerMessage,
     pub date: String,
     /// Arrivals at a subscription already reached, until the worker exited.
     /// Not in the JSON (DESIGN §2.5): a run with any fails instead.
@@ -151,6 +155,7 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
     }
     let _ = pushq_worker::broker::topology::delete(AMQP_URL, &bench.topology).await;
     print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
+    machine::print_table(&reports);
     if let Some(path) = &bench.options.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
             .with_context(|| format!("while writing {}", path.display()))?;
@@ -277,6 +282,8 @@ impl Bench {
                 .with_endpoint_policy(sink_policy),
         );
         let payload = json!("x".repeat(self.options.payload_bytes.saturating_sub(2)));
+        let machine_start =
+            machine::Start::take(&self.pool, format!("{}-worker-", self.topology.prefix())).await;
         let cpu_before = measure::process_cpu_us(pid)?;
         let started = Instant::now();
         let mut sent_at: Vec<Instant> = vec![started; count];
@@ -313,6 +320,7 @@ impl Bench {
         let timeout = Duration::from_secs(60) + Duration::from_millis(count as u64);
         let arrivals = self.sink.wait_for(count, timeout).await;
         let cpu_after = measure::process_cpu_us(pid)?;
+        let machine_end = machine_start.cpu_end().await;
         let rss = measure::peak_rss_mb(pid)?;
         // A repeat may come after the last subscription was first reached
         // (a retry waits up to its first delay, 1 s by default): the worker
@@ -348,6 +356,9 @@ impl Bench {
             })
             .collect();
         latencies.sort();
+        let machine_per_msg = machine_end
+            .finish(&self.pool, delivered, cpu_after - cpu_before)
+            .await;
         Ok(Report {
             scenario: name.to_owned(),
             count,
@@ -361,6 +372,7 @@ impl Bench {
             peak_rss_mb: rss,
             crypto_floor_us: self.crypto_floor_us,
             machine: self.machine.clone(),
+            machine_per_msg,
             date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
             repeated,
             left_in_queues,
