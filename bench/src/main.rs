@@ -4,9 +4,11 @@
 //! RabbitMQ and PostgreSQL and a fast local sink. Also measures, in the same
 //! run, the crypto floor and the `web-push` crate's encryption.
 
+mod machine;
 mod measure;
 mod peer;
 mod repeats;
+mod report;
 mod scenarios;
 mod sink;
 

@@ -4,7 +4,8 @@
 
 use pushq_schemas::Topology;
 
-use crate::scenarios::{AMQP_URL, Report};
+use crate::report::Report;
+use crate::scenarios::AMQP_URL;
 use crate::sink::Arrival;
 
 /// Messages waiting in the worker's queues (jobs, due, subscriptions,
@@ -142,7 +143,7 @@ pub fn distinct(arrivals: &[Arrival]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::Report;
+    use crate::report::Report;
 
     fn report(scenario: &str, repeated: usize) -> Report {
         Report {
@@ -158,6 +159,7 @@ mod tests {
             peak_rss_mb: 0.0,
             crypto_floor_us: 0.0,
             machine: String::new(),
+            machine_per_msg: Default::default(),
             date: String::new(),
             repeated,
             left_in_queues: 0,

@@ -16,12 +16,13 @@ use pushq_schemas::keys::base64url;
 use pushq_worker::app::App;
 use pushq_worker::config::Settings;
 use pushq_worker::push::VapidPrivateKey;
-use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::machine;
 use crate::measure;
 use crate::repeats;
+use crate::report::{self, Report};
 use crate::sink::Sink;
 
 pub struct Options {
@@ -30,33 +31,6 @@ pub struct Options {
     pub payload_bytes: usize,
     pub json: Option<PathBuf>,
     pub peer: bool,
-}
-
-/// One scenario's figures (DESIGN §2.5).
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub scenario: String,
-    pub count: usize,
-    pub delivered: usize,
-    pub seconds: f64,
-    pub per_second: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub worker_cpu_us_per_msg: f64,
-    pub peak_rss_mb: f64,
-    pub crypto_floor_us: f64,
-    pub machine: String,
-    pub date: String,
-    /// Arrivals at a subscription already reached, until the worker exited.
-    /// Not in the JSON (DESIGN §2.5): a run with any fails instead.
-    #[serde(skip)]
-    pub repeated: usize,
-    /// Messages left in the worker's queues after it exited although every
-    /// subscription was reached: acks lost at shutdown, which the next
-    /// worker would handle again. Not in the JSON either.
-    #[serde(skip)]
-    pub left_in_queues: u32,
 }
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -155,7 +129,8 @@ pub async fn run_all(options: Options) -> anyhow::Result<()> {
         reports.push(crate::peer::run(&bench.peer_inputs()).await?);
     }
     let _ = pushq_worker::broker::topology::delete(AMQP_URL, &bench.topology).await;
-    print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
+    report::print_table(&reports, crypto_floor_us, vapid_us, web_push_us);
+    machine::print_table(&reports);
     crate::peer::print_ratios(&reports);
     if let Some(path) = &bench.options.json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
@@ -296,6 +271,8 @@ impl Bench {
                 .with_endpoint_policy(sink_policy),
         );
         let payload = json!("x".repeat(self.options.payload_bytes.saturating_sub(2)));
+        let machine_start =
+            machine::Start::take(&self.pool, format!("{}-worker-", self.topology.prefix())).await;
         let cpu_before = measure::process_cpu_us(pid)?;
         let started = Instant::now();
         let mut sent_at: Vec<Instant> = vec![started; count];
@@ -332,6 +309,7 @@ impl Bench {
         let timeout = Duration::from_secs(60) + Duration::from_millis(count as u64);
         let arrivals = self.sink.wait_for(count, timeout).await;
         let cpu_after = measure::process_cpu_us(pid)?;
+        let machine_end = machine_start.cpu_end().await;
         let rss = measure::peak_rss_mb(pid)?;
         // A repeat may come after the last subscription was first reached
         // (a retry waits up to its first delay, 1 s by default): the worker
@@ -367,6 +345,9 @@ impl Bench {
             })
             .collect();
         latencies.sort();
+        let machine_per_msg = machine_end
+            .finish(&self.pool, delivered, cpu_after - cpu_before)
+            .await;
         Ok(Report {
             scenario: name.to_owned(),
             count,
@@ -380,6 +361,7 @@ impl Bench {
             peak_rss_mb: rss,
             crypto_floor_us: self.crypto_floor_us,
             machine: self.machine.clone(),
+            machine_per_msg,
             date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
             repeated,
             left_in_queues,
@@ -426,52 +408,5 @@ async fn stop(worker: &mut tokio::process::Child) {
         .is_err()
     {
         let _ = worker.kill().await;
-    }
-}
-
-fn print_table(reports: &[Report], crypto_floor_us: f64, vapid_us: f64, web_push_us: f64) {
-    println!();
-    println!(
-        "{:<26} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>12} {:>9}",
-        "scenario",
-        "count",
-        "delivered",
-        "seconds",
-        "per second",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "CPU µs/msg",
-        "RSS MB"
-    );
-    for r in reports {
-        println!(
-            "{:<26} {:>8} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>9.1}",
-            r.scenario,
-            r.count,
-            r.delivered,
-            r.seconds,
-            r.per_second,
-            r.p50_ms,
-            r.p95_ms,
-            r.p99_ms,
-            r.worker_cpu_us_per_msg,
-            r.peak_rss_mb
-        );
-    }
-    println!();
-    println!(
-        "crypto floor: {crypto_floor_us:.1} µs per RFC 8291 encryption (ring, one core); VAPID signature {vapid_us:.1} µs (once per origin)"
-    );
-    println!(
-        "web-push crate: {web_push_us:.1} µs per encryption of the same payload ({:.1}× ours)",
-        web_push_us / crypto_floor_us
-    );
-    for r in reports {
-        println!(
-            "{}: worker CPU per notification = {:.1}× the crypto floor",
-            r.scenario,
-            r.worker_cpu_us_per_msg / crypto_floor_us
-        );
     }
 }
