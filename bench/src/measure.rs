@@ -11,29 +11,9 @@ use ring::rand::SystemRandom;
 /// CPU time (user + system) a process has used so far, in µs.
 pub fn process_cpu_us(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
-    Ok(ticks * 1_000_000 / clock_ticks_per_second())
-}
-
-fn clock_ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
-        .unwrap_or(100)
+    let parsed = crate::machine::procs::parse_stat(&stat)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is not what Linux writes"))?;
+    Ok(parsed.ticks * 1_000_000 / crate::machine::procs::ticks_per_second())
 }
 
 /// Peak resident memory of a process, in MB.

@@ -284,11 +284,6 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
         let _ = producer.close().await;
     }
 
-    let mut first: std::collections::HashMap<u32, Instant> =
-        std::collections::HashMap::with_capacity(arrivals.len());
-    for arrival in &arrivals {
-        first.entry(arrival.n).or_insert(arrival.at);
-    }
     let everything = inputs.sink.arrivals();
     let repeated = everything.len() - crate::repeats::distinct(&everything);
     match totals {
@@ -297,37 +292,20 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
         ),
         None => eprintln!("peer: gave no totals at exit; {repeated} repeated arrivals"),
     }
-    let delivered = first.len();
-    let last = first.values().copied().max().unwrap_or(started);
-    let seconds = last.duration_since(started).as_secs_f64();
-    let mut latencies: Vec<Duration> = first
-        .iter()
-        .map(|(n, at)| {
-            at.saturating_duration_since(sent_at.get(*n as usize).copied().unwrap_or(started))
-        })
-        .collect();
-    latencies.sort();
-    Ok(Report {
-        scenario: SCENARIO.to_owned(),
+    let (seconds, latencies) = crate::report::timing(&arrivals, &sent_at, started);
+    // The peer makes no at-least-once promise to hold it to: its repeats
+    // are printed above, and do not fail pushq's run; where the machine
+    // went is not measured for it yet (n/a in that table).
+    Ok(Report::of(crate::report::Run {
+        scenario: SCENARIO,
         count,
-        delivered,
         seconds,
-        per_second: delivered as f64 / seconds.max(1e-9),
-        p50_ms: measure::percentile_ms(&latencies, 0.50),
-        p95_ms: measure::percentile_ms(&latencies, 0.95),
-        p99_ms: measure::percentile_ms(&latencies, 0.99),
-        worker_cpu_us_per_msg: (cpu_after - cpu_before) as f64 / delivered.max(1) as f64,
+        latencies,
+        cpu_us: cpu_after - cpu_before,
         peak_rss_mb: rss,
         crypto_floor_us: inputs.crypto_floor_us,
-        machine: inputs.machine.to_owned(),
-        date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
-        // The peer makes no at-least-once promise to hold it to: its
-        // repeats are printed above, and do not fail pushq's run.
-        repeated: 0,
-        left_in_queues: 0,
-        // Not measured for the peer yet: its row in that table reads n/a.
-        machine_per_msg: Default::default(),
-    })
+        machine: inputs.machine,
+    }))
 }
 
 /// pushq's unicast-inline beside the peer's: (rate ratio, CPU ratio peer/pushq,

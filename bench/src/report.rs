@@ -1,8 +1,12 @@
 //! One scenario's figures, and the table people read.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
-use crate::machine;
+use crate::sink::Arrival;
+use crate::{machine, measure};
 
 /// One scenario's figures (DESIGN §2.5).
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +36,65 @@ pub struct Report {
     /// worker would handle again. Not in the JSON either.
     #[serde(skip)]
     pub left_in_queues: u32,
+}
+
+/// What one worker (pushq's or the peer's) did with a scenario's messages.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub scenario: &'a str,
+    pub count: usize,
+    pub seconds: f64,
+    /// First publish to first arrival, one per delivered notification.
+    pub latencies: Vec<Duration>,
+    pub cpu_us: u64,
+    pub peak_rss_mb: f64,
+    pub crypto_floor_us: f64,
+    pub machine: &'a str,
+}
+
+/// From the first publish to the last first arrival, in seconds, and each
+/// reached subscription's latency (its first arrival only: a repeat counts
+/// once for the figures).
+pub fn timing(arrivals: &[Arrival], sent_at: &[Instant], started: Instant) -> (f64, Vec<Duration>) {
+    let mut first: HashMap<u32, Instant> = HashMap::with_capacity(arrivals.len());
+    for arrival in arrivals {
+        first.entry(arrival.n).or_insert(arrival.at);
+    }
+    let last = first.values().copied().max().unwrap_or(started);
+    let latencies = first
+        .iter()
+        .map(|(n, at)| {
+            at.saturating_duration_since(sent_at.get(*n as usize).copied().unwrap_or(started))
+        })
+        .collect();
+    (last.duration_since(started).as_secs_f64(), latencies)
+}
+
+impl Report {
+    /// The figures of a run; what only pushq's scenarios measure (where the
+    /// machine went, repeats, messages left) starts empty.
+    pub fn of(mut run: Run<'_>) -> Self {
+        run.latencies.sort();
+        let delivered = run.latencies.len();
+        Self {
+            scenario: run.scenario.to_owned(),
+            count: run.count,
+            delivered,
+            seconds: run.seconds,
+            per_second: delivered as f64 / run.seconds.max(1e-9),
+            p50_ms: measure::percentile_ms(&run.latencies, 0.50),
+            p95_ms: measure::percentile_ms(&run.latencies, 0.95),
+            p99_ms: measure::percentile_ms(&run.latencies, 0.99),
+            worker_cpu_us_per_msg: run.cpu_us as f64 / delivered.max(1) as f64,
+            peak_rss_mb: run.peak_rss_mb,
+            crypto_floor_us: run.crypto_floor_us,
+            machine: run.machine.to_owned(),
+            machine_per_msg: machine::PerMessage::default(),
+            date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+            repeated: 0,
+            left_in_queues: 0,
+        }
+    }
 }
 
 pub fn print_table(reports: &[Report], crypto_floor_us: f64, vapid_us: f64, web_push_us: f64) {

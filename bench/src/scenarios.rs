@@ -325,46 +325,30 @@ impl Bench {
         // are counted over everything that arrived until the worker exited
         // (a late one is a repeat too) and reported with what tells their
         // cause apart.
-        let mut first_arrivals: std::collections::HashMap<u32, Instant> =
-            std::collections::HashMap::with_capacity(arrivals.len());
-        for arrival in &arrivals {
-            first_arrivals.entry(arrival.n).or_insert(arrival.at);
-        }
         let everything = self.sink.arrivals();
         let repeated = everything.len() - repeats::distinct(&everything);
         if repeated > 0 {
             repeats::report(&self.pool, name, &everything, repeated).await;
         }
-        let delivered = first_arrivals.len();
-        let last = first_arrivals.values().copied().max().unwrap_or(started);
-        let seconds = last.duration_since(started).as_secs_f64();
-        let mut latencies: Vec<Duration> = first_arrivals
-            .iter()
-            .map(|(n, at)| {
-                at.saturating_duration_since(sent_at.get(*n as usize).copied().unwrap_or(started))
-            })
-            .collect();
-        latencies.sort();
+        let (seconds, latencies) = report::timing(&arrivals, &sent_at, started);
+        let delivered = latencies.len();
         let machine_per_msg = machine_end
             .finish(&self.pool, delivered, cpu_after - cpu_before)
             .await;
         Ok(Report {
-            scenario: name.to_owned(),
-            count,
-            delivered,
-            seconds,
-            per_second: delivered as f64 / seconds.max(1e-9),
-            p50_ms: measure::percentile_ms(&latencies, 0.50),
-            p95_ms: measure::percentile_ms(&latencies, 0.95),
-            p99_ms: measure::percentile_ms(&latencies, 0.99),
-            worker_cpu_us_per_msg: (cpu_after - cpu_before) as f64 / delivered.max(1) as f64,
-            peak_rss_mb: rss,
-            crypto_floor_us: self.crypto_floor_us,
-            machine: self.machine.clone(),
             machine_per_msg,
-            date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
             repeated,
             left_in_queues,
+            ..Report::of(report::Run {
+                scenario: name,
+                count,
+                seconds,
+                latencies,
+                cpu_us: cpu_after - cpu_before,
+                peak_rss_mb: rss,
+                crypto_floor_us: self.crypto_floor_us,
+                machine: &self.machine,
+            })
         })
     }
 }

@@ -5,7 +5,7 @@
 
 mod broker;
 mod database;
-mod procs;
+pub mod procs;
 
 use std::collections::HashMap;
 use std::time::Duration;
