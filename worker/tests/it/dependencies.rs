@@ -46,7 +46,7 @@ fn run_vars(database_url: String, amqp_url: String) -> HashMap<String, String> {
     ])
 }
 
-async fn command(args: &[&str], vars: &[(&str, &str)]) -> (Output, String) {
+pub(crate) async fn command(args: &[&str], vars: &[(&str, &str)]) -> (Output, String) {
     let output = tokio::time::timeout(
         WAIT,
         tokio::process::Command::new(env!("CARGO_BIN_EXE_pushq-worker"))
@@ -61,7 +61,7 @@ async fn command(args: &[&str], vars: &[(&str, &str)]) -> (Output, String) {
     (output, stderr)
 }
 
-async fn create_database(name: &str) {
+pub(crate) async fn create_database(name: &str) {
     use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
         .await
@@ -268,31 +268,6 @@ async fn one_shot_commands_try_once_and_report_the_refusal() {
 }
 
 #[tokio::test]
-async fn the_demo_says_in_one_sentence_how_to_start_what_is_missing() {
-    let nothing_at = free_local_addr();
-    for (var, value, sentence) in [
-        (
-            "PUSHQ_AMQP_URL",
-            format!("amqp://guest:guest@{nothing_at}/%2f"),
-            format!(
-                "pushq-worker: cannot reach RabbitMQ at {nothing_at} (PUSHQ_AMQP_URL): connection refused; start it with `docker compose up -d rabbitmq` or the system's service, or point PUSHQ_AMQP_URL at a running one\n"
-            ),
-        ),
-        (
-            "PUSHQ_DATABASE_URL",
-            format!("postgres://postgres@{nothing_at}/pushq"),
-            format!(
-                "pushq-worker: cannot reach PostgreSQL at {nothing_at} (PUSHQ_DATABASE_URL): connection refused; start it with `docker compose up -d postgres` or the system's service, or point PUSHQ_DATABASE_URL at a running one\n"
-            ),
-        ),
-    ] {
-        let (output, stderr) = command(&["demo", "--count", "1"], &[(var, &value)]).await;
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
-        assert_eq!(stderr, sentence);
-    }
-}
-
-#[tokio::test]
 async fn a_server_that_accepts_and_never_answers_is_reported_not_waited_on_for_ever() {
     let silent = Silent::start().await;
     let at = silent.addr;
@@ -325,74 +300,6 @@ async fn a_server_that_accepts_and_never_answers_is_reported_not_waited_on_for_e
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(&said), "{stderr}");
     }
-}
-
-#[tokio::test]
-async fn an_interrupted_demo_removes_what_it_made() {
-    let database = unique("pushq_test_");
-    create_database(&database).await;
-    let database_url = format!("{}/{database}", postgres_base());
-    let vars = HashMap::from([
-        ("PUSHQ_DATABASE_URL".to_owned(), database_url.clone()),
-        ("PUSHQ_TOPOLOGY_PREFIX".to_owned(), unique("pushq-test-")),
-    ]);
-    let mut demo = WorkerProcess::spawn("demo --count 3000", &vars);
-    demo.wait_for_lines("sending 3000 notifications", 1).await;
-    // The demo's own topology is named in its replica's row, which it
-    // removes when it stops.
-    let pool = sqlx::PgPool::connect(&database_url)
-        .await
-        .expect("the demo's database");
-    let replica: String = sqlx::query_scalar("SELECT name FROM workers")
-        .fetch_one(&pool)
-        .await
-        .expect("the demo's worker is alive");
-    let prefix = replica
-        .rsplit_once("-worker-")
-        .expect("a replica name")
-        .0
-        .to_owned();
-
-    let status = demo.stop_with("INT").await;
-    assert_eq!(status.code(), Some(130), "{:#?}", demo.log_lines());
-    assert!(
-        demo.log_lines()
-            .iter()
-            .any(|line| line.contains("interrupted; the demo removed")),
-        "{:#?}",
-        demo.log_lines()
-    );
-    for table in ["subscriptions", "deliveries", "workers"] {
-        let left: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await
-                .expect("counted");
-        assert_eq!(left, 0, "the interrupted demo left rows in {table}");
-    }
-    pool.close().await;
-    let topology = Topology::new(prefix).expect("the demo's prefix");
-    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
-        .await
-        .expect("broker");
-    let channel = connection.create_channel().await.expect("channel");
-    let declared = channel
-        .queue_declare(
-            topology.jobs_queue().as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await;
-    assert!(
-        declared.is_err(),
-        "the interrupted demo left {}",
-        topology.jobs_queue()
-    );
-    let _ = connection.close(200, "done".into()).await;
-    drop_database(&database).await;
 }
 
 #[tokio::test]
@@ -441,30 +348,4 @@ async fn a_database_without_pushq_tables_or_rights_says_what_is_needed() {
         .execute(&mut admin)
         .await
         .expect("role dropped");
-}
-
-#[tokio::test]
-async fn a_demo_too_large_is_refused_and_one_interrupted_while_preparing_stops_at_once() {
-    let (output, stderr) = command(&["demo", "--count", "100001"], &[]).await;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("from 0 to 100000"), "{stderr}");
-
-    let database = unique("pushq_test_");
-    let vars = HashMap::from([(
-        "PUSHQ_DATABASE_URL".to_owned(),
-        format!("{}/{database}", postgres_base()),
-    )]);
-    let mut demo = WorkerProcess::spawn("demo --count 100000", &vars);
-    demo.wait_for_lines("registering 100000 subscriptions", 1)
-        .await;
-    let status = demo.stop_with("TERM").await;
-    assert_eq!(status.code(), Some(130), "{:#?}", demo.log_lines());
-    assert!(
-        demo.log_lines()
-            .iter()
-            .any(|line| line.contains("interrupted; the demo removed")),
-        "{:#?}",
-        demo.log_lines()
-    );
-    drop_database(&database).await;
 }

@@ -15,6 +15,7 @@ mod delivery;
 mod demo;
 mod dependencies;
 mod faults;
+mod first_run;
 mod fleet_rate;
 mod health;
 mod helpers;

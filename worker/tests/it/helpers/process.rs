@@ -10,6 +10,8 @@ use super::{WAIT, http_get};
 pub struct WorkerProcess {
     child: tokio::process::Child,
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Reads stderr into `logs` until the process closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WorkerProcess {
@@ -43,13 +45,17 @@ impl WorkerProcess {
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let kept = logs.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 kept.lock().expect("logs").push(line);
             }
         });
-        Self { child, logs }
+        Self {
+            child,
+            logs,
+            reader: Some(reader),
+        }
     }
 
     /// Sends SIGTERM and returns the exit status, bounded by [`WAIT`].
@@ -61,13 +67,24 @@ impl WorkerProcess {
     /// and returns its exit status, bounded by [`WAIT`].
     pub async fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
         if let Ok(Some(status)) = self.child.try_wait() {
+            self.read_to_the_end().await;
             return status;
         }
         self.signal(signal).await;
-        tokio::time::timeout(WAIT, self.child.wait())
+        let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("the worker exits in time after SIG{signal}"))
-            .expect("exit status")
+            .expect("exit status");
+        self.read_to_the_end().await;
+        status
+    }
+
+    /// The process has exited: its last lines may still be in the pipe, so
+    /// the logs are complete only once the reader has met the end.
+    async fn read_to_the_end(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(WAIT, reader).await;
+        }
     }
 
     async fn signal(&self, signal: &str) {
@@ -114,10 +131,12 @@ impl WorkerProcess {
 
     /// The exit status, once it has exited by itself (bounded by [`WAIT`]).
     pub async fn exited(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(WAIT, self.child.wait())
+        let status = tokio::time::timeout(WAIT, self.child.wait())
             .await
             .expect("the process exits by itself in time")
-            .expect("exit status")
+            .expect("exit status");
+        self.read_to_the_end().await;
+        status
     }
 }
 
