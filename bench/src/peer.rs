@@ -13,14 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::{StreamExt, TryStreamExt, stream};
 use lapin::options::{
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use pushq_producer::{
-    EndpointPolicy, NotificationSend, Producer, PushSubscription, SubscriptionKeys, Target,
-};
+use pushq_producer::{EndpointPolicy, NotificationSend, Producer, SubscriptionKeys, Target};
 use pushq_schemas::Topology;
 use pushq_worker::push::VapidPrivateKey;
 use tokio::sync::mpsc;
@@ -34,7 +31,6 @@ use crate::sink::Sink;
 pub const SCENARIO: &str = "peer-node-web-push-unicast";
 /// The peer's prefetch, as its docs suggest bounding unacked messages.
 const PREFETCH: u16 = 256;
-const PUBLISH_CONCURRENCY: usize = 256;
 
 /// What the peer's run needs from the benchmark.
 pub struct Inputs<'a> {
@@ -165,14 +161,6 @@ impl PeerProcess {
     }
 }
 
-fn subscription(inputs: &Inputs<'_>, n: u32) -> PushSubscription {
-    PushSubscription {
-        endpoint: inputs.sink.endpoint(n),
-        expiration_time: None,
-        keys: inputs.keys[n as usize % inputs.keys.len()].clone(),
-    }
-}
-
 /// The peer's run: unicast-inline through Node's `web-push`.
 pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
     let dir = peer_dir();
@@ -235,25 +223,12 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
     let payload = serde_json::json!("x".repeat(inputs.payload_bytes.saturating_sub(2)));
     let cpu_before = measure::process_cpu_us(pid)?;
     let started = Instant::now();
-    let times: Vec<(usize, Instant)> = stream::iter(0..count)
-        .map(|n| {
-            let producer = producer.clone();
-            let send = NotificationSend::new(
-                Target::Subscription(subscription(inputs, n as u32)),
-                Some(payload.clone()),
-            );
-            async move {
-                let at = Instant::now();
-                producer.send(&send).await.map(|_| (n, at))
-            }
-        })
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .try_collect()
-        .await?;
     let mut sent_at = vec![started; count];
-    for (n, at) in times {
-        sent_at[n] = at;
-    }
+    crate::scenarios::publish_timed(&producer, 0..count, &mut sent_at, |n| {
+        let to = crate::scenarios::subscription(inputs.sink, inputs.keys, n as u32);
+        NotificationSend::new(Target::Subscription(to), Some(payload.clone()))
+    })
+    .await?;
     let timeout = Duration::from_secs(60) + Duration::from_millis(count as u64);
     let arrivals = inputs.sink.wait_for(count, timeout).await;
     let cpu_after = measure::process_cpu_us(pid)?;

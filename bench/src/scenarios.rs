@@ -180,11 +180,7 @@ impl Bench {
     }
 
     fn subscription(&self, n: u32) -> PushSubscription {
-        PushSubscription {
-            endpoint: self.sink.endpoint(n),
-            expiration_time: None,
-            keys: self.keys[n as usize % self.keys.len()].clone(),
-        }
+        subscription(&self.sink, &self.keys, n)
     }
 
     async fn seed(&self, count: usize, tag: &str) -> anyhow::Result<()> {
@@ -219,27 +215,15 @@ impl Bench {
         payload: &serde_json::Value,
         sent_at: &mut [Instant],
     ) -> anyhow::Result<()> {
-        let times: Vec<(usize, Instant)> = stream::iter(range)
-            .map(|n| {
-                let producer = producer.clone();
-                let to = if inline {
-                    Target::Subscription(self.subscription(n as u32))
-                } else {
-                    Target::Endpoint(self.sink.endpoint(n as u32))
-                };
-                let send = NotificationSend::new(to, Some(payload.clone()));
-                async move {
-                    let at = Instant::now();
-                    producer.send(&send).await.map(|_| (n, at))
-                }
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        for (n, at) in times {
-            sent_at[n] = at;
-        }
-        Ok(())
+        publish_timed(producer, range, sent_at, |n| {
+            let to = if inline {
+                Target::Subscription(self.subscription(n as u32))
+            } else {
+                Target::Endpoint(self.sink.endpoint(n as u32))
+            };
+            NotificationSend::new(to, Some(payload.clone()))
+        })
+        .await
     }
 
     async fn scenario(&self, name: &str, paced_rate: Option<f64>) -> anyhow::Result<Report> {
@@ -351,6 +335,41 @@ impl Bench {
             })
         })
     }
+}
+
+/// The `n`th subscription of the sink, its keys taken from the pool in turn.
+pub fn subscription(sink: &Sink, keys: &[SubscriptionKeys], n: u32) -> PushSubscription {
+    PushSubscription {
+        endpoint: sink.endpoint(n),
+        expiration_time: None,
+        keys: keys[n as usize % keys.len()].clone(),
+    }
+}
+
+/// Publishes `send_for(n)` for each `n` in `range`, noting in `sent_at[n]`
+/// when each was handed to the producer.
+pub async fn publish_timed(
+    producer: &Arc<Producer>,
+    range: std::ops::Range<usize>,
+    sent_at: &mut [Instant],
+    send_for: impl Fn(usize) -> NotificationSend,
+) -> anyhow::Result<()> {
+    let times: Vec<(usize, Instant)> = stream::iter(range)
+        .map(|n| {
+            let producer = producer.clone();
+            let send = send_for(n);
+            async move {
+                let at = Instant::now();
+                producer.send(&send).await.map(|_| (n, at))
+            }
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (n, at) in times {
+        sent_at[n] = at;
+    }
+    Ok(())
 }
 
 /// A port for the worker's health endpoints, free a moment ago.
