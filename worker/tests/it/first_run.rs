@@ -63,14 +63,7 @@ async fn an_interrupted_demo_removes_what_it_made() {
         .to_owned();
 
     let status = demo.stop_with("INT").await;
-    assert_eq!(status.code(), Some(130), "{:#?}", demo.log_lines());
-    assert!(
-        demo.log_lines()
-            .iter()
-            .any(|line| line.contains("interrupted; the demo removed")),
-        "{:#?}",
-        demo.log_lines()
-    );
+    assert_interrupted_and_cleaned_up(status, &demo);
     for table in ["subscriptions", "deliveries", "workers"] {
         let left: i64 =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -119,13 +112,18 @@ async fn a_demo_too_large_is_refused_and_one_interrupted_while_preparing_stops_a
     demo.wait_for_lines("registering 100000 subscriptions", 1)
         .await;
     let status = demo.stop_with("TERM").await;
-    assert_eq!(status.code(), Some(130), "{:#?}", demo.log_lines());
+    assert_interrupted_and_cleaned_up(status, &demo);
+    drop_database(&database).await;
+}
+
+/// Exit status 130 and the sentence saying the demo removed what it made.
+fn assert_interrupted_and_cleaned_up(status: std::process::ExitStatus, demo: &WorkerProcess) {
+    let lines = demo.log_lines();
+    assert_eq!(status.code(), Some(130), "{lines:#?}");
     assert!(
-        demo.log_lines()
+        lines
             .iter()
             .any(|line| line.contains("interrupted; the demo removed")),
-        "{:#?}",
-        demo.log_lines()
+        "{lines:#?}"
     );
-    drop_database(&database).await;
 }
