@@ -7,7 +7,6 @@ pub mod publisher;
 pub mod topology;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use crate::dependency::{self, Dependency, DependencyError, Patience, Unavailable};
@@ -71,10 +70,9 @@ pub async fn reach(
 
 /// The broker as an operator names it: host and port, never the URL.
 pub fn dependency(url: &str) -> Dependency {
-    Dependency::rabbitmq(match url.parse::<AMQPUri>() {
-        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
-        Err(_) => "an invalid URL".into(),
-    })
+    Dependency::rabbitmq(
+        pushq_producer::broker_address(url).unwrap_or_else(|_| "an invalid URL".into()),
+    )
 }
 
 /// Whether waiting can fix a failed connection attempt.
