@@ -14,13 +14,6 @@ pub fn sentence(err: &dyn Error) -> String {
     line
 }
 
-/// Only the causes under an error, for a log field beside its message.
-pub fn causes(err: &dyn Error) -> String {
-    let mut line = String::new();
-    append_causes(&mut line, err);
-    line.trim_start_matches(": ").to_owned()
-}
-
 fn append_causes(line: &mut String, err: &dyn Error) {
     let mut source = err.source();
     while let Some(cause) = source {
@@ -54,10 +47,6 @@ mod tests {
         assert_eq!(
             sentence(&err),
             "could not prepare the database: error communicating with database: Connection refused (os error 111)"
-        );
-        assert_eq!(
-            causes(&err),
-            "error communicating with database: Connection refused (os error 111)"
         );
     }
 }

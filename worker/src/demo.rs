@@ -120,7 +120,7 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
                 .context("the worker stopped")?;
             exercise(&settings, &made, &fake, &key, &pool, args).await
         } => result,
-        () = interrupted() => Err(anyhow::Error::new(Interrupted { cleaned: false })),
+        () = crate::shutdown::requested() => Err(anyhow::Error::new(Interrupted { cleaned: false })),
     };
 
     shutdown.cancel();
@@ -145,22 +145,6 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<Demo
 })]
 pub struct Interrupted {
     cleaned: bool,
-}
-
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 /// What one demo run makes, and removes again.

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod push;
 pub mod results;
 pub mod retry;
+pub mod shutdown;
 pub mod step;
 pub mod store;
 pub mod telemetry;

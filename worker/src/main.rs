@@ -379,18 +379,7 @@ fn reader_gone(err: &anyhow::Error) -> bool {
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal) starts a graceful stop.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
+    pushq_worker::shutdown::requested().await;
     tracing::info!("shutdown requested");
     shutdown.cancel();
 }
