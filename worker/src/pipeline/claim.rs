@@ -23,8 +23,7 @@ impl Pipeline {
     ) -> Result<HashMap<deliveries::Key, Claim>, StoreError> {
         let key = |p: &Pending| (jobs[p.job].key(&p.recipient), jobs[p.job].replay);
         let keys: Vec<(deliveries::Key, bool)> = pending.iter().map(key).collect();
-        let owner = self.settings.replica;
-        match deliveries::claim_many(&self.pool, &keys, owner).await {
+        match self.claims.run(keys).await {
             Err(err) if err.refused_data().is_some() => {
                 tracing::warn!(error = %err, "the database refused a batch's claims; claiming message by message");
             }
@@ -35,7 +34,7 @@ impl Pipeline {
         for job in job_indexes {
             let keys: Vec<(deliveries::Key, bool)> =
                 pending.iter().filter(|p| p.job == job).map(key).collect();
-            match deliveries::claim_many(&self.pool, &keys, owner).await {
+            match self.claims.run(keys).await {
                 Ok(claimed) => claims.extend(claimed),
                 Err(err) => match super::refused_by_the_database(&err) {
                     Some(refused) => {

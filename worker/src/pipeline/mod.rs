@@ -32,6 +32,7 @@ use crate::retry::RetrySchedule;
 use crate::step::{Outcome, REPLAY_HEADER, Received};
 use crate::store::StoreError;
 use crate::store::deliveries;
+use crate::store::group_commit::{Claims, GroupCommit, Records};
 use crate::store::marks::PublishedMarks;
 use crate::store::subscriptions;
 
@@ -64,6 +65,8 @@ pub struct Pipeline {
     push: PushClient,
     pauses: Arc<OriginPauses>,
     marks: PublishedMarks,
+    claims: GroupCommit<Claims>,
+    records: GroupCommit<Records>,
     /// Deliveries this replica is sending now.
     sending: sending::Sending,
     /// Chunks of large audiences delivered at once by this replica: enough to
@@ -77,6 +80,14 @@ impl Pipeline {
     pub fn new(pool: PgPool, push: PushClient, settings: PipelineSettings) -> Self {
         Self {
             marks: PublishedMarks::start(pool.clone()),
+            claims: GroupCommit::start(Claims {
+                pool: pool.clone(),
+                owner: settings.replica,
+            }),
+            records: GroupCommit::start(Records {
+                pool: pool.clone(),
+                owner: settings.replica,
+            }),
             pool,
             push,
             pauses: Arc::new(OriginPauses::default()),

@@ -198,8 +198,7 @@ impl Pipeline {
             })
             .collect();
         if !outcomes.is_empty() {
-            let recording =
-                deliveries::record_many(&self.pool, &outcomes, self.settings.replica).await?;
+            let recording = self.records.run(outcomes).await?;
             // An outcome not recorded lost its claim: this replica was taken
             // for dead, and the one that took over records and publishes.
             concluded.retain(|c| {

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod deliveries;
+pub mod group_commit;
 pub mod marks;
 pub mod subscriptions;
 pub mod workers;
@@ -30,6 +31,10 @@ pub enum StoreError {
     /// Its own text, and its source too, so that callers find it in the chain.
     #[error("{0}")]
     Unavailable(#[source] crate::dependency::DependencyError),
+    /// The task that joins callers' statements is gone (only while the
+    /// process shuts down).
+    #[error("the replica's database writer has stopped")]
+    Stopped,
 }
 
 impl StoreError {
