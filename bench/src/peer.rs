@@ -44,6 +44,9 @@ pub struct Inputs<'a> {
     pub payload_bytes: usize,
     pub crypto_floor_us: f64,
     pub machine: &'a str,
+    /// The benchmark's database: the peer has none, but the machine's
+    /// table reads its counters as for pushq's rows.
+    pub pool: &'a sqlx::PgPool,
 }
 
 /// One line the peer prints on stdout.
@@ -202,9 +205,11 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
         )
         .await?;
 
+    let connection_name = format!("{}-worker-node-web-push", topology.prefix());
     let env = [
         ("PEER_AMQP_URL", AMQP_URL.to_owned()),
         ("PEER_QUEUE", queue.clone()),
+        ("PEER_CONNECTION_NAME", connection_name.clone()),
         ("PEER_PREFETCH", PREFETCH.to_string()),
         ("PEER_VAPID_PUBLIC_KEY", inputs.vapid.public_key_base64url()),
         ("PEER_VAPID_PRIVATE_KEY", inputs.vapid.to_base64url()),
@@ -221,6 +226,7 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
     }
 
     let payload = serde_json::json!("x".repeat(inputs.payload_bytes.saturating_sub(2)));
+    let machine_start = crate::machine::Start::take(inputs.pool, connection_name).await;
     let cpu_before = measure::process_cpu_us(pid)?;
     let started = Instant::now();
     let mut sent_at = vec![started; count];
@@ -232,6 +238,7 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
     let timeout = Duration::from_secs(60) + Duration::from_millis(count as u64);
     let arrivals = inputs.sink.wait_for(count, timeout).await;
     let cpu_after = measure::process_cpu_us(pid)?;
+    let machine_end = machine_start.cpu_end().await;
     let rss = measure::peak_rss_mb(pid)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = peer.stop().await;
@@ -269,18 +276,23 @@ pub async fn run(inputs: &Inputs<'_>) -> anyhow::Result<Report> {
     }
     let (seconds, latencies) = crate::report::timing(&arrivals, &sent_at, started);
     // The peer makes no at-least-once promise to hold it to: its repeats
-    // are printed above, and do not fail pushq's run; where the machine
-    // went is not measured for it yet (n/a in that table).
-    Ok(Report::of(crate::report::Run {
-        scenario: SCENARIO,
-        count,
-        seconds,
-        latencies,
-        cpu_us: cpu_after - cpu_before,
-        peak_rss_mb: rss,
-        crypto_floor_us: inputs.crypto_floor_us,
-        machine: inputs.machine,
-    }))
+    // are printed above, and do not fail pushq's run.
+    let machine_per_msg = machine_end
+        .finish(inputs.pool, latencies.len(), cpu_after - cpu_before)
+        .await;
+    Ok(Report {
+        machine_per_msg,
+        ..Report::of(crate::report::Run {
+            scenario: SCENARIO,
+            count,
+            seconds,
+            latencies,
+            cpu_us: cpu_after - cpu_before,
+            peak_rss_mb: rss,
+            crypto_floor_us: inputs.crypto_floor_us,
+            machine: inputs.machine,
+        })
+    })
 }
 
 /// pushq's unicast-inline beside the peer's: (rate ratio, CPU ratio peer/pushq,

@@ -154,6 +154,7 @@ impl Bench {
             payload_bytes: self.options.payload_bytes,
             crypto_floor_us: self.crypto_floor_us,
             machine: &self.machine,
+            pool: &self.pool,
         }
     }
 

@@ -59,7 +59,10 @@ function payloadOf(data) {
 }
 
 async function main() {
-  const connection = await amqp.connect(env('PEER_AMQP_URL'));
+  // Named, so that the benchmark reads RabbitMQ's counters for this connection.
+  const connection = await amqp.connect(env('PEER_AMQP_URL'), {
+    clientProperties: { connection_name: env('PEER_CONNECTION_NAME') },
+  });
   const channel = await connection.createChannel();
   await channel.prefetch(Number(env('PEER_PREFETCH', '256')));
   const queue = env('PEER_QUEUE');

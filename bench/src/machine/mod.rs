@@ -219,8 +219,14 @@ pub fn print_table(reports: &[Report]) {
     println!(
         "per delivered notification: CPU µs by process; database writes; broker traffic on the worker's connections"
     );
+    let width = reports
+        .iter()
+        .map(|r| r.scenario.len())
+        .max()
+        .unwrap_or(0)
+        .max("scenario".len());
     println!(
-        "{:<16} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>7} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6}",
+        "{:<width$} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>7} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6}",
         "scenario",
         "worker",
         "postgres",
@@ -241,7 +247,7 @@ pub fn print_table(reports: &[Report]) {
     for r in reports {
         let m = &r.machine_per_msg;
         println!(
-            "{:<16} {:>7.0} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>7} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6}",
+            "{:<width$} {:>7.0} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>7} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6}",
             r.scenario,
             r.worker_cpu_us_per_msg,
             cell(m.postgres_cpu_us_per_msg, 0),
