@@ -10,12 +10,13 @@ use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::broker::BrokerError;
+use crate::broker::acks::{Acks, Settled};
 use crate::broker::publisher::{Origin, Publisher, epoch_ms_now};
 use crate::pipeline::Pipeline;
 use crate::results;
@@ -46,6 +47,7 @@ pub async fn run(
     source: Source,
     workers: Workers,
 ) -> Result<(), BrokerError> {
+    let acks = Arc::new(Acks::new(channel.clone()));
     loop {
         tokio::select! {
             biased;
@@ -72,10 +74,14 @@ pub async fn run(
                             _ => break,
                         }
                     }
+                    for delivery in &batch {
+                        acks.received(delivery.delivery_tag).await;
+                    }
                     let workers_now = workers.clone();
                     let queue = queue.clone();
+                    let acks = acks.clone();
                     workers.tracker.spawn(async move {
-                        handle_batch(&batch, &queue, source, &workers_now).await;
+                        handle_batch(&batch, &queue, source, &workers_now, &acks).await;
                     });
                     if let Some(source) = failed {
                         return Err(BrokerError::Amqp { action: "consuming", source });
@@ -88,7 +94,13 @@ pub async fn run(
     }
 }
 
-async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: &Workers) {
+async fn handle_batch(
+    batch: &[Delivery],
+    queue: &str,
+    source: Source,
+    workers: &Workers,
+    acks: &Acks,
+) {
     let producer_exchange = workers.publisher.topology().exchange();
     let messages: Vec<Received<'_>> = batch
         .iter()
@@ -117,18 +129,31 @@ async fn handle_batch(batch: &[Delivery], queue: &str, source: Source, workers: 
         }
     };
     // Settled side by side: their publishes pipeline on the channel, and a
-    // message handed back after a pause holds up none of the others.
-    join_all(
-        batch
-            .iter()
-            .zip(messages)
-            .zip(outcomes)
-            .map(|((delivery, message), outcome)| {
-                let passed_on = passed_on_properties(delivery, message.from_producer);
-                settle(delivery, passed_on, outcome, workers).instrument(message.span)
-            }),
-    )
+    // message handed back after a pause holds up none of the others. The
+    // acks go last, together where they can (broker/acks.rs).
+    let settled = join_all(batch.iter().zip(messages).zip(outcomes).map(
+        |((delivery, message), outcome)| {
+            let passed_on = passed_on_properties(delivery, message.from_producer);
+            settle(delivery, passed_on, outcome, workers).instrument(message.span)
+        },
+    ))
     .await;
+    let mut failed = false;
+    let tags: Vec<(u64, Settled)> = batch
+        .iter()
+        .zip(settled)
+        .map(|(delivery, settled)| {
+            let settled = settled.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "could not settle a message; the broker will redeliver it");
+                failed = true;
+                Settled::Otherwise
+            });
+            (delivery.delivery_tag, settled)
+        })
+        .collect();
+    if let Err(err) = acks.settle_batch(&tags, failed).await {
+        tracing::warn!(error = %err, "could not ack handled messages; the broker will redeliver them");
+    }
 }
 
 /// The properties a message is passed on with (delayed or handed back): a
@@ -145,30 +170,29 @@ fn passed_on_properties(delivery: &Delivery, from_producer: bool) -> lapin::Basi
     delivery.properties.clone().with_headers(headers)
 }
 
-/// Acks only once the outcome is durable. What cannot be published now
-/// waits in the delay queues (or, when even that fails, goes back unacked,
-/// so the broker redelivers it): nothing is lost.
+/// Wants the ack only once the outcome is durable. What cannot be published
+/// now waits in the delay queues (or, when even that fails, goes back
+/// unacked, so the broker redelivers it): nothing is lost.
 async fn settle(
     delivery: &Delivery,
     passed_on: lapin::BasicProperties,
     outcome: Outcome,
     workers: &Workers,
-) {
+) -> lapin::Result<Settled> {
     let Workers {
         pipeline,
         publisher,
         stop,
         ..
     } = workers;
-    let settled = match outcome {
+    match outcome {
         Outcome::Ack {
             follow_ups,
             published,
         } => match publish_follow_ups(follow_ups, publisher, pipeline).await {
             Ok(()) => {
-                let acked = delivery.ack(BasicAckOptions::default()).await.map(drop);
                 pipeline.results_published(&published);
-                acked
+                Ok(Settled::AckWanted)
             }
             Err(err) => {
                 tracing::error!(error = %err, "could not publish what the message led to; it waits and comes back");
@@ -187,7 +211,7 @@ async fn settle(
             {
                 Ok(()) => {
                     pipeline.metrics().dead_letter(reason.kind.as_str());
-                    delivery.ack(BasicAckOptions::default()).await.map(drop)
+                    Ok(Settled::AckWanted)
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "could not dead-letter; the message waits and comes back");
@@ -201,16 +225,13 @@ async fn settle(
                 .delay_until(&delivery.data, passed_on, not_before_ms)
                 .await
             {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+                Ok(()) => Ok(Settled::AckWanted),
                 Err(err) => {
                     tracing::error!(error = %err, "could not pass a delayed message on; handing it back");
                     requeue(delivery, Duration::from_secs(1), stop).await
                 }
             }
         }
-    };
-    if let Err(err) = settled {
-        tracing::warn!(error = %err, "could not settle a message; the broker will redeliver it");
     }
 }
 
@@ -287,14 +308,14 @@ async fn hand_back(
     after: Duration,
     publisher: &Publisher,
     stop: &CancellationToken,
-) -> lapin::Result<()> {
+) -> lapin::Result<Settled> {
     if !stop.is_cancelled() {
         let due_ms = epoch_ms_now().saturating_add(u64::try_from(after.as_millis()).unwrap_or(0));
         match publisher
             .delay_until(&delivery.data, passed_on, due_ms)
             .await
         {
-            Ok(()) => return delivery.ack(BasicAckOptions::default()).await.map(drop),
+            Ok(()) => return Ok(Settled::AckWanted),
             Err(err) => {
                 tracing::error!(error = %err, "could not hand a message to the delay queues; handing it back to its queue");
             }
@@ -309,7 +330,7 @@ async fn requeue(
     delivery: &Delivery,
     after: Duration,
     stop: &CancellationToken,
-) -> lapin::Result<()> {
+) -> lapin::Result<Settled> {
     tokio::select! {
         () = tokio::time::sleep(after) => {}
         () = stop.cancelled() => {}
@@ -320,5 +341,5 @@ async fn requeue(
             ..BasicNackOptions::default()
         })
         .await
-        .map(drop)
+        .map(|_| Settled::Otherwise)
 }

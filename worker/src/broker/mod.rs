@@ -1,6 +1,7 @@
 //! RabbitMQ: topology, decoding CloudEvents from AMQP messages, confirmed
 //! publishing, and starting consumers.
 
+pub mod acks;
 pub mod consume;
 pub mod decode;
 pub mod publisher;
