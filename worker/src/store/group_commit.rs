@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
@@ -71,8 +72,9 @@ impl<S: Statement> GroupCommit<S> {
     }
 }
 
-/// A joined statement that fails is run again for each caller alone, so
-/// that one caller's refused data fails only that caller.
+/// A joined statement whose data the database refuses is run again for
+/// each caller alone, so that one caller's refused data fails only that
+/// caller; any other failure is every caller's.
 async fn run_joined<S: Statement>(statement: &S, requests: Vec<Request<S>>) {
     if requests.len() == 1 {
         let (items, reply) = requests.into_iter().next().expect("one request");
@@ -92,10 +94,18 @@ async fn run_joined<S: Statement>(statement: &S, requests: Vec<Request<S>>) {
                 let _ = reply.send(Ok(S::share(&answer, &all[range])));
             }
         }
-        Err(err) => {
-            tracing::debug!(error = %err, callers = callers.len(), "a joined statement failed; running each caller's alone");
+        Err(err) if err.refused_data().is_some() => {
+            tracing::debug!(error = %err, callers = callers.len(), "the database refused a joined statement's data; running each caller's alone");
             for (range, reply) in callers {
                 let _ = reply.send(statement.run(&all[range]).await);
+            }
+        }
+        // Anything else (a lost connection, an outage) would fail each
+        // caller's statement alone too, one timeout after another.
+        Err(err) => {
+            let shared = Arc::new(err);
+            for (_, reply) in callers {
+                let _ = reply.send(Err(StoreError::Shared(shared.clone())));
             }
         }
     }
@@ -171,14 +181,41 @@ impl Statement for Records {
 mod tests {
     use super::*;
 
-    /// Sums its items and counts its statements; refuses any batch holding
-    /// a negative item, as the database refuses one message's data.
+    /// A check constraint's refusal (SQLSTATE 23514), as PostgreSQL sends it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("new row violates check constraint")]
+    struct CheckViolation;
+
+    impl sqlx::error::DatabaseError for CheckViolation {
+        fn message(&self) -> &str {
+            "new row violates check constraint"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some("23514".into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::CheckViolation
+        }
+    }
+
+    /// Sums its items and counts its statements. The database refuses any
+    /// batch holding a negative item (as it refuses one message's data), and
+    /// is unreachable for any batch holding zero.
     #[derive(Default)]
     struct Sum {
         statements: std::sync::Mutex<Vec<Vec<i64>>>,
     }
 
-    impl Statement for std::sync::Arc<Sum> {
+    impl Statement for Arc<Sum> {
         type Item = i64;
         type Answer = i64;
 
@@ -187,15 +224,20 @@ mod tests {
                 .lock()
                 .expect("no test thread panicked")
                 .push(items.to_vec());
-            let refused = items.iter().any(|item| *item < 0);
-            let sum = items.iter().sum();
-            Box::pin(async move {
-                if refused {
-                    Err(StoreError::Stopped)
-                } else {
-                    Ok(sum)
-                }
-            })
+            let answer = if items.contains(&0) {
+                Err(StoreError::Database {
+                    action: "summing",
+                    cause: sqlx::Error::PoolTimedOut,
+                })
+            } else if items.iter().any(|item| *item < 0) {
+                Err(StoreError::Database {
+                    action: "summing",
+                    cause: sqlx::Error::Database(Box::new(CheckViolation)),
+                })
+            } else {
+                Ok(items.iter().sum())
+            };
+            Box::pin(async move { answer })
         }
 
         fn share(_: &i64, items: &[i64]) -> i64 {
@@ -205,7 +247,7 @@ mod tests {
 
     type Answers = Vec<oneshot::Receiver<Result<i64, StoreError>>>;
 
-    fn requests(batches: &[&[i64]]) -> (Vec<Request<std::sync::Arc<Sum>>>, Answers) {
+    fn requests(batches: &[&[i64]]) -> (Vec<Request<Arc<Sum>>>, Answers) {
         batches
             .iter()
             .map(|items| {
@@ -225,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_callers_share_one_statement_and_each_gets_its_own_part() {
-        let sum = std::sync::Arc::new(Sum::default());
+        let sum = Arc::new(Sum::default());
         let (requests, receivers) = requests(&[&[1, 2], &[3], &[4, 5]]);
         run_joined(&sum, requests).await;
         assert_eq!(answers(receivers).await, vec![Some(3), Some(3), Some(9)]);
@@ -237,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_joined_statement_fails_only_the_caller_whose_data_it_refused() {
-        let sum = std::sync::Arc::new(Sum::default());
+        let sum = Arc::new(Sum::default());
         let (requests, receivers) = requests(&[&[1, 2], &[-5], &[3]]);
         run_joined(&sum, requests).await;
         assert_eq!(answers(receivers).await, vec![Some(3), None, Some(3)]);
@@ -248,8 +290,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn any_other_failure_of_a_joined_statement_is_every_callers_without_running_again() {
+        let sum = Arc::new(Sum::default());
+        let (requests, receivers) = requests(&[&[1, 2], &[0], &[3]]);
+        run_joined(&sum, requests).await;
+        assert_eq!(answers(receivers).await, vec![None, None, None]);
+        assert_eq!(
+            *sum.statements.lock().expect("no test thread panicked"),
+            vec![vec![1, 2, 0, 3]]
+        );
+    }
+
+    #[tokio::test]
     async fn a_lone_caller_is_answered_through_the_running_task() {
-        let sum = std::sync::Arc::new(Sum::default());
+        let sum = Arc::new(Sum::default());
         let group = GroupCommit::start(sum.clone());
         assert_eq!(group.run(vec![7, 8]).await.ok(), Some(15));
         assert!(group.run(vec![-1]).await.is_err());

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// process shuts down).
     #[error("the replica's database writer has stopped")]
     Stopped,
+    /// One failure of a statement that several callers shared (group commit).
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 impl StoreError {
@@ -43,8 +46,10 @@ impl StoreError {
     /// the statement fails the same way every time, unlike a lost
     /// connection, so the message that carries the data is at fault.
     pub fn refused_data(&self) -> Option<String> {
-        let Self::Database { cause, .. } = self else {
-            return None;
+        let cause = match self {
+            Self::Database { cause, .. } => cause,
+            Self::Shared(shared) => return shared.refused_data(),
+            _ => return None,
         };
         let code = cause.as_database_error()?.code()?;
         ["22", "23", "54"]
