@@ -48,14 +48,19 @@ impl<S: Statement> std::fmt::Debug for GroupCommit<S> {
 }
 
 impl<S: Statement> GroupCommit<S> {
-    /// Starts the task that runs the statements; it ends when every handle
-    /// is dropped.
+    /// Starts the task that runs the statements, one at a time; it ends
+    /// when every handle is dropped.
     pub fn start(statement: S) -> Self {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Request<S>>();
+        let statement = Arc::new(statement);
         tokio::spawn(async move {
             let mut waiting = Vec::new();
             while receiver.recv_many(&mut waiting, MAX_JOINED).await > 0 {
-                run_joined(&statement, std::mem::take(&mut waiting)).await;
+                let requests = std::mem::take(&mut waiting);
+                let statement = statement.clone();
+                // A task of its own, so that a panic fails only this
+                // statement's callers, never every later one.
+                let _ = tokio::spawn(async move { run_joined(&*statement, requests).await }).await;
             }
         });
         Self { sender }
