@@ -180,21 +180,47 @@ impl Pipeline {
             // replica that dies mid fan-out leaves unrecorded (and so sends
             // again) only what was in flight, not everything it had sent.
             .ready_chunks(concurrency);
-        while let Some(answered) = answers.next().await {
-            for (p, attempt, span, answer) in answered {
-                concluded.push(self.conclude_answer(
-                    &jobs[p.job],
-                    p,
-                    attempt,
-                    span,
-                    answer,
-                    batches,
-                ));
+        // Sending goes on while the answers before are written: one record
+        // statement at a time, with whatever answers came meanwhile.
+        let mut writing = None;
+        let mut answered_all = false;
+        loop {
+            if writing.is_none() && !concluded.is_empty() {
+                writing = Some(Box::pin(self.write(jobs, std::mem::take(&mut concluded))));
             }
-            self.record(jobs, std::mem::take(&mut concluded), batches)
-                .await?;
+            let Some(written) = writing.as_mut() else {
+                if answered_all {
+                    return Ok(());
+                }
+                match answers.next().await {
+                    Some(answered) => self.conclude_all(jobs, answered, &mut concluded, batches),
+                    None => answered_all = true,
+                }
+                continue;
+            };
+            tokio::select! {
+                answered = answers.next(), if !answered_all => match answered {
+                    Some(answered) => self.conclude_all(jobs, answered, &mut concluded, batches),
+                    None => answered_all = true,
+                },
+                written = written => {
+                    writing = None;
+                    self.apply(jobs, written?, batches).await?;
+                }
+            }
         }
-        self.record(jobs, concluded, batches).await
+    }
+
+    fn conclude_all(
+        &self,
+        jobs: &[Job],
+        answered: Vec<(Pending, u32, Span, Answer)>,
+        concluded: &mut Vec<Concluded>,
+        batches: &mut [Batch],
+    ) {
+        for (p, attempt, span, answer) in answered {
+            concluded.push(self.conclude_answer(&jobs[p.job], p, attempt, span, answer, batches));
+        }
     }
 
     /// What one answer comes to, noted in its job's batch.

@@ -110,6 +110,13 @@ impl Concluded {
     }
 }
 
+/// Outcomes written, waiting to be applied ([`Pipeline::apply`]).
+pub(super) struct Written {
+    concluded: Vec<Concluded>,
+    /// None when every outcome was recorded before.
+    recording: Option<deliveries::Recording>,
+}
+
 /// What one job's recipients need next, gathered while they are handled.
 #[derive(Default)]
 pub(super) struct Batch {
@@ -172,19 +179,15 @@ impl Batch {
 }
 
 impl Pipeline {
-    /// Records every outcome (one statement, fenced by the claims), drops
-    /// subscriptions past the failure threshold, and gives each job its
-    /// result events. Recording first means a crash can repeat a result,
-    /// never lose one.
-    pub(super) async fn record(
-        &self,
+    /// Records outcomes (one statement, fenced by the claims) before their
+    /// results are gathered ([`Pipeline::apply`]): a crash can repeat a
+    /// result, never lose one. It needs no batch, so a fan-out goes on
+    /// sending while it runs.
+    pub(super) fn write<'a>(
+        &'a self,
         jobs: &[Job],
-        mut concluded: Vec<Concluded>,
-        batches: &mut [Batch],
-    ) -> Result<(), StoreError> {
-        if concluded.is_empty() {
-            return Ok(());
-        }
+        concluded: Vec<Concluded>,
+    ) -> impl Future<Output = Result<Written, StoreError>> + use<'a> {
         let outcomes: Vec<deliveries::Outcome> = concluded
             .iter()
             .filter(|c| !c.already_recorded)
@@ -197,8 +200,32 @@ impl Pipeline {
                 health: c.health(),
             })
             .collect();
-        if !outcomes.is_empty() {
-            let recording = self.records.run(outcomes).await?;
+        async move {
+            let recording = if outcomes.is_empty() {
+                None
+            } else {
+                Some(self.records.run(outcomes).await?)
+            };
+            Ok(Written {
+                concluded,
+                recording,
+            })
+        }
+    }
+
+    /// What follows a written record: subscriptions past the failure
+    /// threshold dropped, each job's result events gathered.
+    pub(super) async fn apply(
+        &self,
+        jobs: &[Job],
+        written: Written,
+        batches: &mut [Batch],
+    ) -> Result<(), StoreError> {
+        let Written {
+            mut concluded,
+            recording,
+        } = written;
+        if let Some(recording) = recording {
             // An outcome not recorded lost its claim: this replica was taken
             // for dead, and the one that took over records and publishes.
             concluded.retain(|c| {
