@@ -178,7 +178,8 @@ impl Pipeline {
             .buffer_unordered(concurrency)
             // Recorded as the answers come, not when the last one does: a
             // replica that dies mid fan-out leaves unrecorded (and so sends
-            // again) only what was in flight, not everything it had sent.
+            // again) only what was in flight or answered during the record
+            // statement in flight, not everything it had sent.
             .ready_chunks(concurrency);
         // Sending goes on while the answers before are written: one record
         // statement at a time, with whatever answers came meanwhile.
