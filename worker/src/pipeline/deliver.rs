@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::OptionFuture;
 use futures_util::{StreamExt, stream};
 use pushq_schemas::data::endpoint_origin;
 use pushq_schemas::{InvalidEvent, InvalidKind, ResultReason};
@@ -189,22 +190,16 @@ impl Pipeline {
             if writing.is_none() && !concluded.is_empty() {
                 writing = Some(Box::pin(self.write(jobs, std::mem::take(&mut concluded))));
             }
-            let Some(written) = writing.as_mut() else {
-                if answered_all {
-                    return Ok(());
-                }
-                match answers.next().await {
-                    Some(answered) => self.conclude_all(jobs, answered, &mut concluded, batches),
-                    None => answered_all = true,
-                }
-                continue;
-            };
+            if answered_all && writing.is_none() {
+                return Ok(());
+            }
+            let in_flight = writing.is_some();
             tokio::select! {
                 answered = answers.next(), if !answered_all => match answered {
                     Some(answered) => self.conclude_all(jobs, answered, &mut concluded, batches),
                     None => answered_all = true,
                 },
-                written = written => {
+                Some(written) = OptionFuture::from(writing.as_mut()), if in_flight => {
                     writing = None;
                     self.apply(jobs, written?, batches).await?;
                 }
