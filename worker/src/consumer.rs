@@ -74,9 +74,7 @@ pub async fn run(
                             _ => break,
                         }
                     }
-                    for delivery in &batch {
-                        acks.received(delivery.delivery_tag).await;
-                    }
+                    acks.received(batch.iter().map(|delivery| delivery.delivery_tag)).await;
                     let workers_now = workers.clone();
                     let queue = queue.clone();
                     let acks = acks.clone();

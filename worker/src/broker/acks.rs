@@ -67,9 +67,9 @@ impl Acks {
         }
     }
 
-    /// Notes a message as it arrives, before anything settles it.
-    pub async fn received(&self, tag: u64) {
-        self.unsettled.lock().await.insert(tag);
+    /// Notes a batch's messages as they arrive, before anything settles them.
+    pub async fn received(&self, tags: impl IntoIterator<Item = u64>) {
+        self.unsettled.lock().await.extend(tags);
     }
 
     /// Sends a batch's acks once every message in it is settled (nacks
