@@ -31,8 +31,8 @@ pub enum StoreError {
     /// Its own text, and its source too, so that callers find it in the chain.
     #[error("{0}")]
     Unavailable(#[source] crate::dependency::DependencyError),
-    /// The task that joins callers' statements is gone (only while the
-    /// process shuts down).
+    /// A joined statement ended without an answer: its task panicked, or
+    /// the process is shutting down.
     #[error("the replica's database writer has stopped")]
     Stopped,
     /// One failure of a statement that several callers shared (group commit).
